@@ -1,0 +1,115 @@
+"""`clipsam-ros`: the command line. Every error is one line on stderr and a non-zero exit."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+EXIT_USAGE, EXIT_ERROR = 2, 1
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="ROS 2 params YAML (default: the package's config/offline.yaml "
+                                         "for demo, config/inspect.yaml otherwise)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key, e.g. --set refiner.threshold=0.6 (repeatable)")
+
+
+def _load_config(args: argparse.Namespace, default_name: str):
+    from .config import load
+    from .resources import config_path
+
+    return load(args.config or config_path(default_name), args.overrides)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .io import read_image, write_result
+    from .pipeline import Inspector
+
+    cfg = _load_config(args, "inspect.yaml")
+    inspector = Inspector.from_config(cfg)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    worst = 0
+    for path in args.images:
+        image = read_image(path)
+        result = inspector.inspect(image)
+        write_result(out, Path(path).stem, image, result)
+        print(f"{path}: {result.verdict} score={result.score:.3f} defects={len(result.defects)}"
+              + (f" ({result.error})" if result.error else ""))
+        worst = max(worst, EXIT_ERROR if result.verdict == "error" else 0)
+    return worst
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .synth import generate_dataset
+
+    summary = generate_dataset(args.out, n=args.n, seed=args.seed)
+    print(f"wrote {summary.n_images} images of {', '.join(summary.classes)} to {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    cfg = _load_config(args, "offline.yaml")
+    run_demo(cfg, Path(args.out), n=args.n, seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clipsam-ros", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("inspect", help="inspect image files; writes mask, overlay and JSON per image")
+    _config_args(p)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("images", nargs="+", help="image files")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("synth", help="write a synthetic production-line dataset (MVTec-AD layout)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=8, help="images per folder (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("demo", help="the offline demo: synth parts → reference bank → PPG+CPS → summary")
+    _config_args(p)
+    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    p.add_argument("--n", type=int, default=2, help="synth images per folder (default 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) < 400 else text[:397] + "..."
+
+
+def main(argv: list[str] | None = None) -> int:
+    # no model hub here or on a line PC: never wait on one
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print("clipsam-ros: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the contract: one line, non-zero exit
+        if args.verbose:
+            raise
+        print(f"clipsam-ros {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Localizers: frame features -> anomaly map S_a and an image score."""

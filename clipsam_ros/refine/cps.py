@@ -1,0 +1,143 @@
+"""CPS: Cascaded Prompts for SAM (Hou et al., §3.2), on one cached SAM embedding.
+
+Stage 1 (points):          Dec(F, P)                     → best-scoring of 3 masks: M1, logits1
+Stage 2 (points+logits):   Dec(F, P, mask=logits1)       → M2, logits2
+Stage 3 (points+box+logits): Dec(F, P, box(M2), logits2) → M3
+
+Every extreme region is one row of a batch, so each stage is one decoder pass
+whatever the number of defects. Stages 2 and 3 can be switched off (the paper's
+Table 3); a later stage then takes the last stage that ran. A region whose
+previous mask came out empty gets its own bounding box as the stage-3 box.
+
+Pixel scores (for metrics and the image score) fuse the two sources:
+    score = w · S_a + (1 − w) · σ(L),   L = max over regions of the final logits,
+with w = `refiner.fuse_weight`; σ(L) is 0 where no region was prompted. The
+final mask is score > 0.5. With w = 0 that is exactly SAM's mask (L > 0); with
+w = 0.5 a pixel needs SAM's and CLIP's evidence together (S_a + σ(L) > 1), which
+trims the uncertain rim a weak decoder leaves around a defect.
+
+Two guards of ours, both off in the paper's setting: `confine_to_ring` keeps each
+stage's mask inside dilate(M_i) (the region and the ring its negative points were
+drawn from), and `box_covers_region` makes the stage-3 box cover M_i as well as
+M2, so a stage-2 mask that collapsed cannot shrink the box below the region.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..config import RefinerConfig
+from ..features import SamEmbedding
+from ..models.sam import SamModel
+from ..timing import Stopwatch
+from .ppg import PromptSet, batch_points, generate_prompts, mask_box
+
+
+@dataclass
+class Refinement:
+    """A refiner's answer for one frame."""
+
+    mask: np.ndarray                      # (H, W) bool, the final defect mask
+    pixel_scores: np.ndarray              # (H, W) float32 in 0..1
+    prompts: list[PromptSet] = field(default_factory=list)
+    # union mask after each stage that ran, e.g. {"points": .., "logits": .., "box": ..}
+    stage_masks: dict[str, np.ndarray] = field(default_factory=dict)
+    boxes: np.ndarray | None = None       # (B, 4) the stage-3 boxes, when stage 3 ran
+
+
+# the fused score above which a pixel is a defect: with fuse_weight 0 this is SAM's own L > 0
+MASK_LEVEL = 0.5
+
+
+def fuse_scores(anomaly_map: np.ndarray, logits: np.ndarray | None, weight: float) -> np.ndarray:
+    """w · S_a + (1 − w) · σ(L); σ(L) = 0 where there is no SAM mask."""
+    sam_prob = np.zeros_like(anomaly_map) if logits is None else 1.0 / (1.0 + np.exp(-np.clip(logits, -50.0, 50.0)))
+    return (weight * anomaly_map + (1.0 - weight) * sam_prob).astype(np.float32)
+
+
+def threshold_only(anomaly_map: np.ndarray, cfg: RefinerConfig) -> Refinement:
+    """The baseline (`refiner.method: none`): S_a > θ is the mask, S_a the score."""
+    return Refinement(mask=anomaly_map > cfg.threshold, pixel_scores=anomaly_map.astype(np.float32))
+
+
+def _best_of(output_logits: torch.Tensor, low_res: torch.Tensor, iou: torch.Tensor):
+    """Per row, the mask the decoder scored best: (B, H, W) logits and (B, 1, h, w) low-res."""
+    best = iou.argmax(dim=1)
+    rows = torch.arange(len(best))
+    return output_logits[rows, best], low_res[rows, best][:, None]
+
+
+def _boxes_of(masks: torch.Tensor, prompts: list[PromptSet], cfg: RefinerConfig,
+              size: tuple[int, int]) -> np.ndarray:
+    """Stage-3 box per row: the bounding box of the previous mask (the region's own where that
+    mask is empty, or united with it when `box_covers_region`), grown by `box_margin_px`."""
+    boxes = []
+    for mask, prompt in zip(masks.cpu().numpy(), prompts):
+        if cfg.box_covers_region:
+            mask = mask | prompt.region
+        boxes.append(mask_box(mask) if mask.any() else prompt.region_box)
+    margin = cfg.box_margin_px
+    grown = np.stack(boxes).astype(np.float32) + np.array([-margin, -margin, margin, margin], np.float32)
+    h, w = size
+    return np.clip(grown, 0, [w - 1, h - 1, w - 1, h - 1]).astype(np.float32)
+
+
+def _confined(logits: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+    # a very negative logit, not -inf: σ stays finite and boxes ignore the pixel
+    return logits if allowed is None else logits.masked_fill(~allowed, -100.0)
+
+
+def run_cascade(embedding: SamEmbedding, sam: SamModel, prompts: list[PromptSet],
+                cfg: RefinerConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor], np.ndarray | None]:
+    """The decoder passes of CPS for all regions at once.
+
+    Returns the final per-region logits (B, H, W), the per-region logits after
+    each stage, and the stage-3 boxes (or None when stage 3 is off).
+    """
+    points, labels = batch_points(prompts)
+    allowed = None
+    if cfg.confine_to_ring:
+        allowed = torch.as_tensor(np.stack([p.neighbourhood for p in prompts]), device=sam.device)
+    first = sam.decode(embedding, points, labels, multimask=True)
+    logits, low_res = _best_of(first.logits, first.low_res_logits, first.iou_scores)
+    logits = _confined(logits, allowed)
+    stages = {"points": logits}
+    if cfg.stage2_logits:
+        second = sam.decode(embedding, points, labels, mask_input=low_res if cfg.mask_input else None)
+        logits, low_res = _confined(second.logits[:, 0], allowed), second.low_res_logits
+        stages["logits"] = logits
+    boxes = None
+    if cfg.stage3_box:
+        boxes = _boxes_of(logits > 0, prompts, cfg, embedding.original_size)
+        third = sam.decode(embedding, points, labels, boxes=boxes,
+                           mask_input=low_res if cfg.mask_input else None)
+        logits = _confined(third.logits[:, 0], allowed)
+        stages["box"] = logits
+    return logits, stages, boxes
+
+
+def refine_cps(anomaly_map: np.ndarray, embedding: SamEmbedding, sam: SamModel,
+               cfg: RefinerConfig, watch: Stopwatch | None = None) -> Refinement:
+    """PPG + CPS on one frame. No region above θ: no prompts, empty mask."""
+    watch = watch or Stopwatch()
+    with watch.stage("ppg"):
+        prompts = generate_prompts(anomaly_map, embedding, cfg)
+    if not prompts:
+        empty = np.zeros(anomaly_map.shape, bool)
+        return Refinement(mask=empty, pixel_scores=fuse_scores(anomaly_map, None, cfg.fuse_weight))
+    with watch.stage("cps"):
+        logits, stages, boxes = run_cascade(embedding, sam, prompts, cfg)
+    with watch.stage("fuse"):
+        stage_scores = {name: fuse_scores(anomaly_map, merged_logits(stage), cfg.fuse_weight)
+                        for name, stage in stages.items()}
+        scores = stage_scores[list(stages)[-1]]
+    return Refinement(mask=scores > MASK_LEVEL, pixel_scores=scores, prompts=prompts,
+                      stage_masks={name: s > MASK_LEVEL for name, s in stage_scores.items()},
+                      boxes=boxes)
+
+
+def merged_logits(per_region: torch.Tensor) -> np.ndarray:
+    """(B, H, W) → (H, W): a pixel belongs to whichever region's mask is most certain of it."""
+    return per_region.max(dim=0).values.float().cpu().numpy()

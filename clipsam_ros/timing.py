@@ -1,0 +1,28 @@
+"""Per-stage wall-clock timing for one frame."""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+
+class Stopwatch:
+    """Accumulates milliseconds per named stage; `sync` waits for the GPU so stages are honest."""
+
+    def __init__(self, sync_cuda: bool = False):
+        self.ms: dict[str, float] = {}
+        self._sync = sync_cuda
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if self._sync:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self._sync:
+                torch.cuda.synchronize()
+            self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - start) * 1000.0

