@@ -115,7 +115,7 @@ def _uint_field(msg, name: str, minimum: int = 0) -> int:
 def _bytes_of(data, field: str = "data") -> np.ndarray:
     """Message bytes as a flat uint8 array, without copying where possible."""
     if isinstance(data, np.ndarray):
-        if data.dtype.itemsize != 1 or data.dtype.kind not in "uib":
+        if data.dtype.itemsize != 1 or data.dtype.kind not in "ui":
             raise ImageDecodeError(
                 f"{field}: numpy array of dtype {data.dtype}, expected uint8")
         return np.ascontiguousarray(data).reshape(-1).view(np.uint8)
@@ -172,16 +172,25 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.uint16:
         return (arr >> 8).astype(np.uint8)
     # float and signed data have no fixed range: stretch finite min..max
-    values = arr.astype(np.float64)
-    finite = np.isfinite(values)
-    out = np.zeros(values.shape, np.uint8)
-    if not finite.any():
-        return out
-    lo, hi = values[finite].min(), values[finite].max()
-    if hi > lo:
-        scaled = (values[finite] - lo) * (255.0 / (hi - lo))
-        out[finite] = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-    return out
+    finite = np.isfinite(arr)
+    all_finite = bool(finite.all())
+    if not all_finite and not finite.any():
+        return np.zeros(arr.shape, np.uint8)
+    valid = arr if all_finite else arr[finite]
+    lo, hi = float(valid.min()), float(valid.max())
+    if not hi > lo:
+        return np.zeros(arr.shape, np.uint8)
+    # float64 keeps 32-bit ints and wide float ranges exact enough for 8 bits
+    with np.errstate(invalid="ignore"):  # NaN/inf pixels are zeroed below
+        scaled = arr.astype(np.float64)
+        scaled *= 0.5  # halving first keeps hi - lo finite for data near +-1e308
+        scaled -= lo * 0.5
+        scaled *= 255.0 / (hi * 0.5 - lo * 0.5)
+        np.rint(scaled, out=scaled)
+        np.clip(scaled, 0, 255, out=scaled)
+        if not all_finite:
+            scaled[~finite] = 0
+        return scaled.astype(np.uint8)
 
 
 def _cvt(img: np.ndarray, kind: str) -> np.ndarray:
@@ -279,7 +288,7 @@ def image_to_rgb(msg, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     img = _to_uint8(pixels.reshape(height, width, channels))
     if kind == "rgb":
         # frombuffer views share the sender's (possibly read-only) buffer
-        return img.copy() if np.shares_memory(img, buf) else np.ascontiguousarray(img)
+        return img.copy() if np.may_share_memory(img, buf) else np.ascontiguousarray(img)
     if kind == "mono":
         return _cvt(img[:, :, 0], kind)
     return _cvt(img, kind)

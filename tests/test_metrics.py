@@ -156,12 +156,12 @@ def test_tiny_hand_worked_ap_and_f1() -> None:
         assert got["pixel_auroc"] == pytest.approx(3 / 4, abs=1e-9)
 
 
-def _aupro_case(normal_tail: float = 0.0):
+def _aupro_case(normal_tail: float = 0.0, normal_top: float = 0.5):
     """One 1x108 image: two 4-pixel regions and 100 normal pixels.
 
     R1 (cols 0-3) scores 0.9, above every normal pixel. R2 (cols 50-53) has two
-    pixels at 0.9 and two at 0.02. Normal pixels: 10 at 0.5, 40 at 0.02 (tied
-    with R2's lower half), 50 at `normal_tail` (< 0.02).
+    pixels at 0.9 and two at 0.02. Normal pixels: 10 at `normal_top` (0.5), 40 at
+    0.02 (tied with R2's lower half), 50 at `normal_tail` (< 0.02).
     """
     s = np.full((1, 108), np.float32(normal_tail))
     g = np.zeros((1, 108), bool)
@@ -171,7 +171,7 @@ def _aupro_case(normal_tail: float = 0.0):
     s[0, 50:52] = 0.9
     s[0, 52:54] = 0.02
     normal = np.flatnonzero(~g[0])
-    s[0, normal[:10]] = 0.5
+    s[0, normal[:10]] = normal_top
     s[0, normal[10:50]] = 0.02
     return s, g
 
@@ -214,8 +214,10 @@ def test_aupro_integration_limit_is_respected() -> None:
     base = compute_metrics(*[[a] for a in _aupro_case(0.0)], [0.9], [1])
     moved = compute_metrics(*[[a] for a in _aupro_case(0.015)], [0.9], [1], score_range=(0.0, 1.0))
     assert moved["aupro"] == pytest.approx(base["aupro"], abs=1e-12)
-    # ...while the pixel AUROC, which integrates to FPR 1, does see them.
-    assert moved["pixel_auroc"] != pytest.approx(base["pixel_auroc"], abs=1e-6)
+    # ...while the 10 normal pixels that set FPR 0.1 do matter: above every
+    # region pixel they delay PRO 0.75 to FPR 0.1, losing 0.1 * 0.75 of area.
+    top = compute_metrics(*[[a] for a in _aupro_case(0.0, normal_top=0.95)], [0.9], [1])
+    assert top["aupro"] == pytest.approx((0.2375 - 0.075) / 0.3, abs=1e-3)
 
     # Same on random data: push down the normal pixels ranked past FPR 0.3.
     scores, masks, img_s, img_l = _random_class(seed=4)
@@ -273,6 +275,7 @@ def test_accumulator_equals_compute_metrics() -> None:
         acc.add(s, m, si, li)
     streamed = acc.result()
     assert streamed == compute_metrics(scores, masks, img_s, img_l, score_range=(0.0, 1.0))
+    assert streamed == compute_metrics(iter(scores), iter(masks), img_s, img_l, score_range=(0.0, 1.0))
     # and agrees with the data-range binning to histogram precision
     ranged = compute_metrics(iter(scores), iter(masks), img_s, img_l)   # generators are accepted
     for k in METRIC_KEYS:

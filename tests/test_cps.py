@@ -1,0 +1,147 @@
+"""CPS on the real LiteMedSAM: what each stage is given, batching, and what the masks cover.
+
+`RecordingSam` is not a mock: every decode runs the real prompt encoder and mask
+decoder; it only keeps a copy of what each pass was given and returned.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from clipsam_ros.config import RefinerConfig
+from clipsam_ros.refine.cps import refine_cps
+from clipsam_ros.refine.ppg import mask_box
+from clipsam_ros.synth import make_sample
+
+from conftest import coarse_from_truth
+
+PAPER = RefinerConfig()                       # the paper's cascade, our guards off
+
+
+class RecordingSam:
+    def __init__(self, sam):
+        self.sam = sam
+        self.passes: list[dict] = []
+
+    def decode(self, embedding, points=None, labels=None, boxes=None, mask_input=None, multimask=False):
+        out = self.sam.decode(embedding, points, labels, boxes, mask_input, multimask)
+        self.passes.append(dict(points=points, labels=labels, boxes=boxes, mask_input=mask_input,
+                                multimask=multimask, out=out))
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.sam, name)
+
+
+@pytest.fixture(scope="module")
+def stain(lite_sam):
+    image, truth = make_sample("metal", "stain", seed=1)
+    return image, truth > 0, lite_sam.encode(image)
+
+
+@pytest.fixture(scope="module")
+def two_defects(lite_sam):
+    """One frame with a stain and a hole far apart: two extreme regions."""
+    image, truth_a = make_sample("metal", "stain", seed=1)
+    other, truth_b = make_sample("metal", "hole", seed=3)
+    truth_b = truth_b > 0
+    if (truth_b & (truth_a > 0)).any():
+        pytest.skip("synthetic defects overlap for these seeds")
+    image = image.copy()
+    image[truth_b] = other[truth_b]
+    truth = (truth_a > 0) | truth_b
+    return image, truth, lite_sam.encode(image)
+
+
+def test_paper_cascade_feeds_each_stage_the_previous_one(lite_sam, stain):
+    _, truth, emb = stain
+    rec = RecordingSam(lite_sam)
+    result = refine_cps(coarse_from_truth(truth), emb, rec, PAPER)
+    assert len(rec.passes) == 3
+    first, second, third = rec.passes
+    # stage 1: points only, three candidate masks
+    assert first["multimask"] and first["boxes"] is None and first["mask_input"] is None
+    # stage 2: the same points plus stage 1's low-res logits of its best-scoring mask
+    best = first["out"].iou_scores.argmax(dim=1)
+    expected = first["out"].low_res_logits[torch.arange(len(best)), best][:, None]
+    assert torch.equal(second["mask_input"], expected)
+    assert np.array_equal(second["points"], first["points"]) and second["boxes"] is None
+    # stage 3: the same points, the box of M2, and stage 2's logits
+    m2 = second["out"].logits[:, 0] > 0
+    assert np.allclose(third["boxes"][0], mask_box(m2[0].numpy()))
+    assert torch.equal(third["mask_input"], second["out"].low_res_logits)
+    assert np.array_equal(third["points"], first["points"])
+    assert list(result.stage_masks) == ["points", "logits", "box"]
+
+
+def test_positive_points_sit_on_the_defect(lite_sam, stain):
+    _, truth, emb = stain
+    result = refine_cps(coarse_from_truth(truth), emb, lite_sam, PAPER)
+    (prompt,) = result.prompts
+    assert all(truth[int(y), int(x)] for x, y in prompt.positive)
+    assert not any(truth[int(y), int(x)] for x, y in prompt.negative)
+
+
+def test_regions_are_decoded_as_one_batch(lite_sam, two_defects):
+    _, truth, emb = two_defects
+    rec = RecordingSam(lite_sam)
+    result = refine_cps(coarse_from_truth(truth), emb, rec, PAPER)
+    assert len(result.prompts) == 2
+    assert len(rec.passes) == 3                                   # not 3 per region
+    assert all(p["points"].shape[0] == 2 for p in rec.passes)
+    assert rec.passes[2]["boxes"].shape == (2, 4)
+
+
+def test_switching_stages_off(lite_sam, stain):
+    _, truth, emb = stain
+    amap = coarse_from_truth(truth)
+    rec = RecordingSam(lite_sam)
+    refine_cps(amap, emb, rec, dataclasses.replace(PAPER, stage2_logits=False))
+    assert len(rec.passes) == 2
+    first, third = rec.passes
+    best = first["out"].iou_scores.argmax(dim=1)
+    assert torch.equal(third["mask_input"], first["out"].low_res_logits[torch.arange(len(best)), best][:, None])
+    assert np.allclose(third["boxes"][0], mask_box((first["out"].logits[0, best[0]] > 0).numpy()))
+
+    rec = RecordingSam(lite_sam)
+    result = refine_cps(amap, emb, rec, dataclasses.replace(PAPER, stage3_box=False, mask_input=False))
+    assert len(rec.passes) == 2 and rec.passes[1]["boxes"] is None and rec.passes[1]["mask_input"] is None
+    assert list(result.stage_masks) == ["points", "logits"] and result.boxes is None
+
+
+def test_nothing_above_threshold_means_no_decoder_pass_and_an_empty_mask(lite_sam, stain):
+    _, truth, emb = stain
+    rec = RecordingSam(lite_sam)
+    result = refine_cps(coarse_from_truth(truth) * 0.3, emb, rec, PAPER)
+    assert rec.passes == [] and not result.mask.any() and result.prompts == []
+
+
+def test_offline_guards_keep_masks_near_the_region_and_cover_the_defect(lite_sam, stain, offline_cfg):
+    _, truth, emb = stain
+    cfg = offline_cfg.refiner
+    rec = RecordingSam(lite_sam)
+    result = refine_cps(coarse_from_truth(truth), emb, rec, cfg)
+    (prompt,) = result.prompts
+    assert not (result.mask & ~prompt.neighbourhood).any()
+    box = rec.passes[-1]["boxes"][0]
+    x0, y0, x1, y1 = prompt.region_box
+    assert box[0] <= x0 - cfg.box_margin_px + 1e-3 and box[2] >= x1 + cfg.box_margin_px - 1e-3
+    assert rec.passes[-1]["mask_input"] is None
+    covered = (result.mask & truth).sum() / truth.sum()
+    assert covered > 0.8, covered
+    iou = (result.mask & truth).sum() / (result.mask | truth).sum()
+    assert iou > 0.7, iou
+
+
+def test_fused_scores_follow_the_documented_rule(lite_sam, stain):
+    _, truth, emb = stain
+    amap = coarse_from_truth(truth)
+    sam_only = refine_cps(amap, emb, lite_sam, dataclasses.replace(PAPER, fuse_weight=0.0))
+    clip_only = refine_cps(amap, emb, lite_sam, dataclasses.replace(PAPER, fuse_weight=1.0))
+    assert np.allclose(clip_only.pixel_scores, amap, atol=1e-6)
+    # with weight 0 the mask is exactly SAM's L > 0 (σ(L) > 0.5)
+    assert np.array_equal(sam_only.mask, sam_only.pixel_scores > 0.5)
+    assert sam_only.pixel_scores.min() >= 0 and sam_only.pixel_scores.max() <= 1
