@@ -12,14 +12,14 @@ from typing import Callable
 EXIT_USAGE, EXIT_ERROR = 2, 1
 
 
-def _config_args(parser: argparse.ArgumentParser) -> None:
+def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="ROS 2 params YAML (default: the package's config/offline.yaml "
                                          "for demo, config/inspect.yaml otherwise)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key, e.g. --set refiner.threshold=0.6 (repeatable)")
 
 
-def _load_config(args: argparse.Namespace, default_name: str):
+def load_config(args: argparse.Namespace, default_name: str):
     from .config import load
     from .resources import config_path
 
@@ -30,7 +30,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .io import read_image, write_result
     from .pipeline import Inspector
 
-    cfg = _load_config(args, "inspect.yaml")
+    cfg = load_config(args, "inspect.yaml")
     inspector = Inspector.from_config(cfg)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -56,9 +56,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    cfg = _load_config(args, "offline.yaml")
-    run_demo(cfg, Path(args.out), n=args.n, seed=args.seed)
+    cfg = load_config(args, "offline.yaml")
+    run_demo(cfg, Path(args.out), n=args.n, seed=args.seed, classes=args.classes)
     return 0
+
+
+# Subcommands that live in their own modules: each has `register(subparsers)`, which adds
+# its parser and sets `func`. Imported lazily so `--help` stays fast and a missing
+# optional dependency only affects its own subcommand.
+COMMAND_MODULES: list[str] = [
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("inspect", help="inspect image files; writes mask, overlay and JSON per image")
-    _config_args(p)
+    add_config_args(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("images", nargs="+", help="image files")
     p.set_defaults(func=cmd_inspect)
@@ -79,11 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("demo", help="the offline demo: synth parts → reference bank → PPG+CPS → summary")
-    _config_args(p)
+    add_config_args(p)
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument("--n", type=int, default=2, help="synth images per folder (default 2)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classes", nargs="+", help="synthetic products to run (default: all)")
     p.set_defaults(func=cmd_demo)
+
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
 
 

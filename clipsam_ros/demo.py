@@ -47,10 +47,10 @@ def test_images(root: Path, product: str) -> list[TestImage]:
     return items
 
 
-def run_demo(cfg: Config, out: Path, n: int = 2, seed: int = 0) -> dict:
+def run_demo(cfg: Config, out: Path, n: int = 2, seed: int = 0, classes: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     data = out / "synth"
-    summary_data = generate_dataset(data, n=n, seed=seed)
+    summary_data = generate_dataset(data, n=n, seed=seed, classes=classes)
     device = resolve_device(cfg.device)
     sam = build_sam(cfg, device)
     rows, coarse_ious, refined_ious = [], [], []
