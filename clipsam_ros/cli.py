@@ -27,22 +27,33 @@ def load_config(args: argparse.Namespace, default_name: str):
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .io import read_image, write_result
+    from .io import read_image, write_error, write_result
     from .pipeline import Inspector
 
     cfg = load_config(args, "inspect.yaml")
+    missing = [p for p in args.images if not Path(p).is_file()]
+    if missing:  # before the model loading, not after
+        raise FileNotFoundError(f"image {missing[0]} does not exist ({len(missing)} missing)")
     inspector = Inspector.from_config(cfg)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    worst = 0
+    status = 0
     for path in args.images:
-        image = read_image(path)
+        stem = Path(path).stem
+        try:
+            image = read_image(path)
+        except (OSError, ValueError) as exc:  # one bad file loses nothing else
+            write_error(out, stem, str(exc))
+            print(f"clipsam-ros inspect: error: {_one_line(exc)}", file=sys.stderr)
+            status = EXIT_ERROR
+            continue
         result = inspector.inspect(image)
-        write_result(out, Path(path).stem, image, result)
+        write_result(out, stem, image, result)
         print(f"{path}: {result.verdict} score={result.score:.3f} defects={len(result.defects)}"
               + (f" ({result.error})" if result.error else ""))
-        worst = max(worst, EXIT_ERROR if result.verdict == "error" else 0)
-    return worst
+        if result.verdict == "error":
+            status = EXIT_ERROR
+    return status
 
 
 def cmd_synth(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .pipeline import InspectionResult
+from .pipeline import InspectionResult, error_result
 from .visualize import render_overlay
 
 
@@ -28,3 +28,9 @@ def write_result(out: Path, stem: str, image_rgb: np.ndarray, result: Inspection
     overlay = render_overlay(image_rgb, result.mask, result.defects, result.verdict, result.score)
     cv2.imwrite(str(out / f"{stem}_overlay.png"), overlay)
     (out / f"{stem}.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+
+
+def write_error(out: Path, stem: str, message: str) -> None:
+    """The JSON of a file that could not even be read: verdict "error", never a silent skip."""
+    data = error_result((1, 1), " ".join(message.split())).to_json()
+    (out / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")
