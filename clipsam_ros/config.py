@@ -96,6 +96,22 @@ class RefinerConfig:
     box_covers_region: bool = False
     # pixel score = fuse_weight * S_a + (1 - fuse_weight) * sigmoid(SAM logits), inside regions
     fuse_weight: float = 0.5
+    # MMR: weights of SAM's three multimask levels (decoder order) when merging them (docs/CLIPSAM.md)
+    mmr_weights: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.5])
+    # MMR: also weight each level by the decoder's own IoU estimate
+    mmr_iou_weighting: bool = False
+
+
+@dataclass
+class TrainConfig:
+    # `clipsam-ros train`: clip_adapter / umci heads on a frozen CLIP (docs/CLIPSAM.md)
+    epochs: int = 5
+    batch_size: int = 8
+    lr: float = 1e-3
+    seed: int = 0
+    # frozen CLIP: tokens are computed once per image and kept in memory if they fit in this
+    # many GiB; otherwise CLIP re-encodes every batch (0 = never cache)
+    cache_gb: float = 8.0
 
 
 @dataclass
@@ -122,6 +138,7 @@ class Config:
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     localizer: LocalizerConfig = field(default_factory=LocalizerConfig)
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     decision: DecisionConfig = field(default_factory=DecisionConfig)
     input: InputConfig = field(default_factory=InputConfig)
 
@@ -153,6 +170,11 @@ RANGES: dict[str, tuple[float, float]] = {
     "refiner.dilation_size": (3, 255),
     "refiner.fuse_weight": (0.0, 1.0),
     "refiner.box_margin_px": (0.0, 1000.0),
+    "train.epochs": (1, 100_000),
+    "train.batch_size": (1, 4096),
+    "train.lr": (1e-8, 1.0),
+    "train.seed": (0, 2**31 - 1),
+    "train.cache_gb": (0.0, 4096.0),
     "decision.score_threshold": (0.0, 1.0),
     "decision.min_defect_area_px": (0, 10_000_000),
     "input.queue_size": (1, 10_000),
@@ -199,6 +221,13 @@ DESCRIPTIONS: dict[str, str] = {
     "refiner.confine_to_ring": "confine each stage's mask to the region dilated by the ring kernel",
     "refiner.box_covers_region": "stage-3 box covers the extreme region as well as M2",
     "refiner.fuse_weight": "pixel score weight of the CLIP map vs the SAM mask",
+    "refiner.mmr_weights": "MMR: weights of SAM's 3 multimask levels when merging (e.g. [0.25,0.25,0.5])",
+    "refiner.mmr_iou_weighting": "MMR: multiply each level's weight by SAM's predicted IoU",
+    "train.epochs": "training epochs over the dataset (clipsam-ros train)",
+    "train.batch_size": "training images per optimizer step",
+    "train.lr": "Adam learning rate (papers: 1e-3)",
+    "train.seed": "seed of head init and batch order",
+    "train.cache_gb": "keep frozen-CLIP tokens in memory up to this many GiB (0 = re-encode each epoch)",
     "decision.score_threshold": "image score above which a part with a defect fails",
     "decision.min_defect_area_px": "defects smaller than this are dropped",
     "input.reliability": "subscription QoS: best_effort | reliable",
@@ -246,6 +275,10 @@ def _field_type(cfg: Config, key: str) -> tuple[Any, str, type]:
     return obj, name, type(default)
 
 
+# list keys whose items are floats (other lists hold integers, e.g. clip.layers)
+FLOAT_LISTS = ("refiner.mmr_weights",)
+
+
 def _coerce(key: str, raw: Any, kind: type) -> Any:
     """Turn a YAML or `--set` value into the field's type, or say why not."""
     if kind is bool:
@@ -271,6 +304,15 @@ def _coerce(key: str, raw: Any, kind: type) -> Any:
             return float(raw)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}={raw!r} is not a number") from None
+    if kind is list and key in FLOAT_LISTS:
+        if isinstance(raw, str):
+            raw = yaml.safe_load(raw) if raw.strip().startswith("[") else raw.split(",")
+        try:
+            if not isinstance(raw, (list, tuple)) or any(isinstance(v, bool) for v in raw):
+                raise TypeError
+            return [float(v) for v in raw]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}={raw!r} is not a list of numbers (e.g. [0.25,0.25,0.5])") from None
     if kind is list:
         if isinstance(raw, str):
             raw = yaml.safe_load(raw) if raw.strip().startswith("[") else raw.split(",")
@@ -296,6 +338,9 @@ def _check(key: str, value: Any) -> None:
             raise ConfigError(f"{key}={value!r} is out of range (allowed: {low:g} to {high:g})")
     if key == "clip.layers" and (not value or min(value) < 1):
         raise ConfigError(f"{key}={value!r} must list 1-based transformer block numbers (e.g. [6,12,18,24])")
+    if key == "refiner.mmr_weights" and (len(value) != 3 or min(value) < 0 or sum(value) <= 0):
+        raise ConfigError(f"{key}={value!r} must be 3 non-negative weights, one per SAM mask level, "
+                          f"not all zero (e.g. [0.25,0.25,0.5])")
     if key == "refiner.dilation_size" and value % 2 == 0:
         # an even kernel has no centre pixel: the ring would shift by half a pixel
         raise ConfigError(f"{key}={value!r} must be odd (e.g. 25)")
@@ -360,3 +405,22 @@ def read_params_file(path: str | Path) -> dict[str, Any]:
 
 def needs_reload(key: str) -> bool:
     return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RELOAD_KEYS)
+
+
+def markdown_table() -> str:
+    """The README's key table: key, default, allowed values, description."""
+    rows = ["| key | default | allowed | what it does |", "|---|---|---|---|"]
+    for key, default in flatten(Config()).items():
+        if key in CHOICES:
+            allowed = " \\| ".join(CHOICES[key])
+        elif key in RANGES:
+            allowed = f"{RANGES[key][0]:g} … {RANGES[key][1]:g}"
+        else:
+            allowed = type(default).__name__
+        shown = "`\"\"`" if default == "" else f"`{default}`"
+        rows.append(f"| `{key}` | {shown} | {allowed} | {DESCRIPTIONS.get(key, '')} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())
