@@ -1,0 +1,102 @@
+"""Outgoing messages other than vision_msgs: images, the verdict as JSON, diagnostics.
+
+Message classes are passed in, so this module imports no message package itself.
+"""
+from __future__ import annotations
+
+import array
+import json
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..decision import Defect
+from ..image_codec import rgb_to_image_fields
+from .stats import ERROR_KINDS, Snapshot
+
+
+def image_msg(Image, header, pixels: np.ndarray, encoding: str):
+    """A sensor_msgs/Image of `pixels` (see image_codec.rgb_to_image_fields for shapes)."""
+    fields = rgb_to_image_fields(pixels, encoding)
+    # rclpy checks a bytes value element by element; array.array('B') is taken as is
+    fields["data"] = array.array("B", fields["data"])
+    return Image(header=header, **fields)
+
+
+def stamp_of(header) -> dict[str, Any]:
+    return {"sec": int(header.stamp.sec), "nanosec": int(header.stamp.nanosec), "frame_id": header.frame_id}
+
+
+def verdict_json(header, verdict: str, score: float, defects: Sequence[Defect] = (), error: str = "") -> str:
+    """The verdict as one JSON line (std_msgs/String has no header, so it carries the stamp)."""
+    out: dict[str, Any] = {"header": stamp_of(header), "verdict": verdict, "score": round(float(score), 6),
+                           "reject": verdict != "pass", "defects": [d.to_json() for d in defects]}
+    if error:
+        out["error"] = error
+    return json.dumps(out)
+
+
+def _num(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{value:.2f}"
+
+
+def diagnostic_values(snap: Snapshot, queue_depth: int, queue_capacity: int,
+                      about: dict[str, str]) -> list[tuple[str, str]]:
+    """(key, value) pairs for the DiagnosticStatus, in a stable order."""
+    values = [
+        ("input_rate_hz", _num(snap.input_rate_hz)),
+        ("processed_rate_hz", _num(snap.processed_rate_hz)),
+        ("latency_p50_ms", _num(snap.latency_p50_ms)),
+        ("latency_p95_ms", _num(snap.latency_p95_ms)),
+        ("queue_depth", str(queue_depth)),
+        ("queue_capacity", str(queue_capacity)),
+        ("frames_received", str(snap.received)),
+        ("seconds_since_last_frame", _num(snap.since_last_frame_s)),
+        ("frames_in_flight", str(snap.in_flight)),
+        ("frames_dropped", str(snap.dropped)),
+        ("frames_lost_in_transport", str(snap.lost_in_transport)),
+        ("verdicts_pass", str(snap.verdicts["pass"])),
+        ("verdicts_fail", str(snap.verdicts["fail"])),
+        ("verdicts_error", str(snap.verdicts["error"])),
+    ]
+    values += [(f"errors_{kind}", str(snap.errors[kind])) for kind in ERROR_KINDS]
+    values += [(f"{stage}_ms_p50", _num(ms)) for stage, ms in snap.stage_p50_ms.items()]
+    values += list(about.items())
+    values.append(("last_error", snap.last_error))
+    return values
+
+
+def diagnostic_level(prev: Snapshot | None, snap: Snapshot, worker_alive: bool,
+                     stall_timeout_s: float = 0.0, topic: str = "image") -> tuple[int, str]:
+    """(0 OK | 1 WARN | 2 ERROR, one-line message) from what changed since the last report.
+
+    No frame for `stall_timeout_s` seconds (0 = never) is a WARN: a stalled camera
+    or a broken remap must not look like a quiet, healthy line.
+    """
+    if not worker_alive:
+        return 2, "inference thread stopped: frames are not being inspected"
+    errors = snap.verdicts["error"] - (prev.verdicts["error"] if prev else 0)
+    dropped = snap.dropped - (prev.dropped if prev else 0)
+    lost = snap.lost_in_transport - (prev.lost_in_transport if prev else 0)
+    summary = f"{snap.input_rate_hz:.1f} Hz in, {snap.processed_rate_hz:.1f} Hz inspected"
+    if errors:
+        return 2, f"{errors} error verdict(s) since the last report ({snap.last_error}); {summary}"
+    if stall_timeout_s > 0 and snap.since_last_frame_s >= stall_timeout_s:
+        return 1, (f"no frames on {topic} for {snap.since_last_frame_s:.1f} s "
+                   f"(input.stall_timeout_s {stall_timeout_s:g}); check the camera and the remapping")
+    if dropped:
+        return 1, f"{dropped} frame(s) dropped (queue_policy latest) since the last report; {summary}"
+    if lost:
+        return 1, f"{lost} frame(s) lost in transport since the last report; {summary}"
+    return 0, f"ok: {summary}"
+
+
+def diagnostic_array(DiagnosticArray, DiagnosticStatus, KeyValue, stamp, name: str, hardware_id: str,
+                     level: int, message: str, values: list[tuple[str, str]]):
+    levels = (DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR)
+    status = DiagnosticStatus(level=levels[level], name=name, message=message, hardware_id=hardware_id,
+                              values=[KeyValue(key=k, value=v) for k, v in values])
+    array_ = DiagnosticArray(status=[status])
+    array_.header.stamp = stamp
+    return array_

@@ -1,0 +1,393 @@
+"""The ROS 2 node `clipsam_inspector`: camera frames in, masks and fail-safe verdicts out.
+
+Threads: the executor thread only counts each arriving frame and puts it in a
+FrameQueue (policy `latest` or `all`); one inference thread takes frames from
+it, decodes, inspects, publishes. So a slow frame never blocks the subscription,
+the parameter services or the 1 Hz /diagnostics timer.
+
+Every received frame ends in exactly one verdict, or is counted as dropped by the
+`latest` policy. A frame that could not be inspected (queue full under `all`,
+malformed message, inference failure, node shutting down) gets verdict "error"
+and `reject: true`, never a silent pass.
+
+Outputs of one frame, all stamped with the input's header, in this order:
+`~/mask` `~/anomaly_map` `~/overlay` `~/detections`, then `~/verdict`
+`~/verdict_json` and last `~/reject`. Image outputs are only built while
+someone subscribes to them. An "error" frame gets `~/verdict`, `~/verdict_json`,
+`~/reject` and, when the image itself could be decoded, `~/overlay`; it has no
+mask, map or detections because there is no result to show.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.clock import Clock, ClockType
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Bool, String
+
+from ..config import NODE_NAME, Config, load, set_value
+from ..image_codec import ImageDecodeError, compressed_to_rgb, image_to_rgb
+from ..visualize import render_overlay
+from .frame_queue import Frame, FrameQueue
+from .messages import diagnostic_array, diagnostic_level, diagnostic_values, image_msg, verdict_json
+from .params import check_change, config_keys, declare_config, overrides_from_config, plain
+from .qos import IMAGE_OUT_DEPTH, RESULT_OUT_DEPTH, image_subscription_qos, output_qos, policy_warning
+from .stats import FrameStats
+from .vision_msgs_builder import classification, detection_array, load_vision_types
+
+if TYPE_CHECKING:  # torch loads with the pipeline: only when the Inspector is built
+    from ..pipeline import InspectionResult, Inspector
+
+try:
+    from rclpy.event_handler import SubscriptionEventCallbacks, UnsupportedEventTypeError
+except ImportError:  # Humble calls the module qos_event
+    from rclpy.qos_event import SubscriptionEventCallbacks, UnsupportedEventTypeError
+
+LOG_EVERY_S = 5.0            # one line per kind of frame error per this many seconds
+SHUTDOWN_WAIT_S = 30.0       # how long closing waits for the frame being inspected
+
+
+class Throttle:
+    """Say something at most once per `period_s` per key, and how often it was held back."""
+
+    def __init__(self, period_s: float = LOG_EVERY_S):
+        self.period_s = period_s
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()   # both threads report frame errors
+
+    def __call__(self, key: str, now: float) -> int | None:
+        """None: stay quiet; else the number of messages held back since the last one said."""
+        with self._lock:
+            if key in self._last and now - self._last[key] < self.period_s:
+                self._held[key] = self._held.get(key, 0) + 1
+                return None
+            self._last[key] = now
+            return self._held.pop(key, 0)
+
+
+def decode_frame(decode: Callable[[Any], np.ndarray], msg) -> tuple[np.ndarray | None, str]:
+    """A received message as (RGB uint8 HxWx3, "") or, when it cannot be inspected, (None, why).
+
+    `why` is one line. Nothing escapes: a codec bug costs this frame an "error"
+    verdict, never the inference thread. The caller answers (None, why) with
+    verdict "error" and reject true (tests/test_reliability_fuzz.py fuzzes this).
+    """
+    try:
+        rgb = decode(msg)
+    except ImageDecodeError as exc:
+        return None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - the fail-safe boundary of the decoder
+        return None, " ".join(f"{type(exc).__name__}: {exc}".split())
+    if not (isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3
+            and rgb.shape[2] == 3 and rgb.shape[0] > 0 and rgb.shape[1] > 0):
+        shape = getattr(rgb, "shape", None)
+        return None, f"decoder returned {type(rgb).__name__} {shape}, expected RGB uint8 HxWx3"
+    return rgb, ""
+
+
+def _default_inspector(cfg: Config) -> Inspector:
+    from ..pipeline import Inspector
+
+    return Inspector.from_config(cfg, progress=False)
+
+
+class InspectorNode(Node):
+    def __init__(self, inspector_factory: Callable[[Config], Inspector] | None = None,
+                 node_name: str = NODE_NAME, **node_kwargs: Any):
+        """Declare the parameters, build the Inspector from them, then subscribe.
+
+        `inspector_factory(cfg)` builds the Inspector (default Inspector.from_config);
+        tests pass one that returns a prebuilt Inspector. Raises ConfigError.
+        """
+        super().__init__(node_name, **node_kwargs)
+        cfg = declare_config(self)
+        self.inspector = (inspector_factory or _default_inspector)(cfg)
+        self.cfg: Config = self.inspector.cfg
+        self._keys = set(config_keys())
+        self._cfg_lock = threading.Lock()
+        self._pending: dict[str, Any] = {}        # accepted parameter changes, applied between frames
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self.vision = load_vision_types()
+        if self.vision is None:
+            self.get_logger().warning("vision_msgs is not installed: ~/detections and ~/verdict are not "
+                                      "published; ~/verdict_json and ~/reject carry the verdict")
+        images, results = output_qos(IMAGE_OUT_DEPTH), output_qos(RESULT_OUT_DEPTH)
+        self.pub_mask = self.create_publisher(Image, "~/mask", images)
+        self.pub_map = self.create_publisher(Image, "~/anomaly_map", images)
+        self.pub_overlay = self.create_publisher(Image, "~/overlay", images)
+        self.pub_detections = self.pub_verdict = None
+        if self.vision is not None:
+            self.pub_detections = self.create_publisher(self.vision.Detection2DArray, "~/detections", results)
+            self.pub_verdict = self.create_publisher(self.vision.Classification, "~/verdict", results)
+        self.pub_verdict_json = self.create_publisher(String, "~/verdict_json", results)
+        self.pub_reject = self.create_publisher(Bool, "~/reject", results)
+        self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+        inp = self.cfg.input
+        self.queue = FrameQueue(inp.queue_policy, inp.queue_size)
+        self.stats = FrameStats()
+        self._throttle = Throttle()
+        self._decode = compressed_to_rgb if inp.compressed else image_to_rgb
+        self._closed = False
+        self._previous = None
+        self._worker = threading.Thread(target=self._work, name="clipsam_inference", daemon=True)
+        self._worker.start()
+        self.subscription = self._subscribe(CompressedImage if inp.compressed else Image,
+                                            image_subscription_qos(inp))
+        # a steady clock: diagnostics keep their 1 Hz while sim time is paused or replayed fast
+        self.create_timer(1.0, self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        if policy_warning(inp):
+            self.get_logger().warning(policy_warning(inp))
+        self.get_logger().info(
+            f"ready: inspecting {self.subscription.topic_name} "
+            f"({'CompressedImage' if inp.compressed else 'Image'}, {inp.reliability}, "
+            f"queue_policy {inp.queue_policy}) on {self.inspector.device}")
+
+    def _subscribe(self, msg_type, qos):
+        """The `image` subscription, counting what the middleware reports lost where it can."""
+        events = SubscriptionEventCallbacks(message_lost=lambda info: self.stats.lost(info.total_count_change))
+        try:
+            return self.create_subscription(msg_type, "image", self._on_image, qos, event_callbacks=events)
+        except UnsupportedEventTypeError:
+            return self.create_subscription(msg_type, "image", self._on_image, qos)
+
+    # ------------------------------------------------------------ executor thread
+
+    def _on_image(self, msg) -> None:
+        now = time.monotonic()
+        frame = Frame(msg=msg, received=now, seq=self.stats.received(now))
+        offer = self.queue.offer(frame)
+        if offer.dropped is not None:
+            self.stats.dropped()
+        if not offer.accepted:
+            if self.queue.closed:
+                self._answer_error(frame, "shutdown", "the node is shutting down")
+            else:
+                self._answer_error(frame, "overflow",
+                                   f"queue full ({self.queue.capacity} frames waiting, queue_policy all)")
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        """Validate live changes with config's rules; accepted ones apply from the next frame."""
+        changes = {p.name: p.value for p in params if p.name in self._keys}
+        if not changes:
+            return SetParametersResult(successful=True)
+        with self._cfg_lock:
+            reason = check_change(self.cfg, {**self._pending, **changes})
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+            self._pending.update(changes)
+        return SetParametersResult(successful=True)
+
+    def _publish_diagnostics(self) -> None:
+        snap = self.stats.snapshot()
+        level, message = diagnostic_level(self._previous, snap, self._worker.is_alive() or self._closed,
+                                          stall_timeout_s=self.cfg.input.stall_timeout_s,
+                                          topic=self.subscription.topic_name)
+        self._previous = snap
+        values = diagnostic_values(snap, len(self.queue), self.queue.capacity, self._about())
+        self.pub_diagnostics.publish(diagnostic_array(
+            DiagnosticArray, DiagnosticStatus, KeyValue, self.get_clock().now().to_msg(),
+            f"{self.get_fully_qualified_name()}: inspection", str(self.inspector.device), level, message, values))
+
+    def _about(self) -> dict[str, str]:
+        cfg = self.cfg
+        return {
+            "queue_policy": cfg.input.queue_policy,
+            "reliability": cfg.input.reliability,
+            "compressed": str(cfg.input.compressed).lower(),
+            "device": str(self.inspector.device),
+            "sam_variant": cfg.sam.variant,
+            "localizer": cfg.localizer.method,
+            "clip_model": cfg.clip.model if self.inspector.clip_encoder is not None else "unused",
+            "refiner": cfg.refiner.method,
+            "vision_msgs": "yes" if self.vision is not None else "missing",
+        }
+
+    # ------------------------------------------------------------ inference thread
+
+    def _work(self) -> None:
+        while True:
+            frame = self.queue.get()
+            if frame is None:
+                return
+            try:
+                self._process(frame)
+            except Exception as exc:  # a bug here must not cost a frame its verdict, nor stop the thread
+                self.get_logger().error(f"frame {frame.seq}: {type(exc).__name__}: {exc}")
+                if not frame.answered:
+                    self._answer_error(frame, "inference", f"{type(exc).__name__}: {exc}")
+
+    def _apply_pending(self) -> None:
+        with self._cfg_lock:
+            for name, value in self._pending.items():
+                set_value(self.cfg, name, plain(value))
+                self.get_logger().info(f"{name} = {plain(value)!r}")
+            self._pending.clear()
+
+    def _process(self, frame: Frame) -> None:
+        t0 = time.perf_counter()
+        rgb, why = decode_frame(self._decode, frame.msg)
+        if rgb is None:
+            self._answer_error(frame, "decode", why)
+            return
+        t1 = time.perf_counter()
+        self.stats.stage("decode", (t1 - t0) * 1000.0)
+        self._apply_pending()
+        result = self.inspector.inspect(rgb)
+        t2 = time.perf_counter()
+        self.stats.stage("inference", (t2 - t1) * 1000.0)
+        if result.verdict == "error":
+            self._answer_error(frame, "inference", result.error, rgb)
+            return
+        try:
+            self._publish_result(frame.msg.header, rgb, result)
+        except Exception as exc:
+            self._answer_error(frame, "publish", f"{type(exc).__name__}: {exc}")
+            return
+        self._publish_verdict(frame.msg.header, result.verdict, result.score, result.defects)
+        self.stats.stage("publish", (time.perf_counter() - t2) * 1000.0)
+        self._count(frame, result.verdict)
+
+    def _publish_result(self, header, rgb, result: InspectionResult) -> None:
+        if self.pub_mask.get_subscription_count():
+            self.pub_mask.publish(image_msg(Image, header, result.mask, "mono8"))
+        if self.pub_map.get_subscription_count():
+            self.pub_map.publish(image_msg(Image, header, result.anomaly_map, "32FC1"))
+        if self.pub_overlay.get_subscription_count():
+            overlay = render_overlay(rgb, result.mask, result.defects, result.verdict, result.score)
+            # render_overlay gives BGR; rgb_to_image_fields wants RGB and writes bgr8 itself
+            self.pub_overlay.publish(image_msg(Image, header, overlay[:, :, ::-1], "bgr8"))
+        if self.pub_detections is not None:
+            self.pub_detections.publish(detection_array(self.vision, header, result.defects))
+
+    def _publish_verdict(self, header, verdict: str, score: float, defects=(), error: str = "") -> None:
+        if self.pub_verdict is not None:
+            self.pub_verdict.publish(classification(self.vision, header, verdict, score))
+        self.pub_verdict_json.publish(String(data=verdict_json(header, verdict, score, defects, error)))
+        self.pub_reject.publish(Bool(data=verdict != "pass"))
+
+    # ------------------------------------------------------------ either thread
+
+    def _count(self, frame: Frame, verdict: str, kind: str = "", error: str = "") -> None:
+        frame.answered = True
+        self.stats.answered(verdict, frame.received, time.monotonic(), kind, error)
+
+    def _answer_error(self, frame: Frame, kind: str, error: str, rgb=None) -> None:
+        """The fail-safe answer: verdict "error", reject true, one throttled log line per kind."""
+        header = frame.msg.header
+        held = self._throttle(kind, time.monotonic())
+        if held is not None:
+            more = f" ({held} more since the last such line)" if held else ""
+            self.get_logger().warning(
+                f"frame {frame.seq} (stamp {header.stamp.sec}.{header.stamp.nanosec:09d}, frame_id "
+                f"'{header.frame_id}'): {kind}: {error}; verdict error, reject{more}")
+        try:
+            if rgb is not None and self.pub_overlay.get_subscription_count():
+                overlay = render_overlay(rgb, np.zeros(rgb.shape[:2], np.uint8), [], "error", 1.0)
+                self.pub_overlay.publish(image_msg(Image, header, overlay[:, :, ::-1], "bgr8"))
+            self._publish_verdict(header, "error", 1.0, error=error)
+        finally:
+            self._count(frame, "error", kind, error)
+
+    # ------------------------------------------------------------ shutdown
+
+    def close(self, timeout_s: float = SHUTDOWN_WAIT_S) -> None:
+        """Stop taking frames, let the frame being inspected finish, answer the rest.
+
+        Under `all`, frames still waiting get an "error" verdict (a triggered part must
+        not pass uninspected); under `latest` they are counted as dropped.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        for frame in self.queue.close():
+            if self.queue.policy == "all":
+                self._answer_error(frame, "shutdown", "the node shut down before this frame was inspected")
+            else:
+                self.stats.dropped()
+        self._worker.join(timeout_s)
+        if self._worker.is_alive():
+            self.get_logger().error(f"the frame being inspected did not finish within {timeout_s:.0f} s")
+
+    def destroy_node(self) -> None:
+        self.close()
+        super().destroy_node()
+
+
+# ---------------------------------------------------------------- running it
+
+def run(parameter_overrides=None, args: list[str] | None = None,
+        inspector_factory: Callable[[Config], Inspector] | None = None) -> int:
+    """Run the node until SIGINT or SIGTERM, then close it cleanly; returns the exit code.
+
+    rclpy's own signal handlers are off so the context stays usable while closing:
+    the frames still queued can then be answered before the node goes.
+    """
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    node = None
+    try:
+        node = InspectorNode(inspector_factory, parameter_overrides=parameter_overrides or [])
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while not stop.is_set():
+            executor.spin_once(timeout_sec=0.1)
+        node.get_logger().info("shutting down")
+        executor.remove_node(node)
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def config_overrides(path: str | None, sets: list[str]):
+    """Parameter overrides from `--config` / `--set`: a file gives every key, `--set` only its own."""
+    cfg = load(path, sets)  # validates; ConfigError names the key
+    if path:
+        return overrides_from_config(cfg)
+    return overrides_from_config(cfg, [item.split("=", 1)[0].strip() for item in sets])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`clipsam_inspector [--config F] [--set k=v]... [--ros-args ...]` (ros2 run / ros2 launch)."""
+    from rclpy.utilities import remove_ros_args
+
+    argv = list(sys.argv if argv is None else argv)
+    parser = argparse.ArgumentParser(prog=NODE_NAME, description="The clipsam_ros inspection node. ROS "
+                                     "arguments go after --ros-args (remaps, --params-file, -p).")
+    parser.add_argument("--config", help="params YAML; it then wins over --params-file and -p "
+                                         "(default: parameters come from ROS only)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key, e.g. --set refiner.threshold=0.6 (repeatable)")
+    args = parser.parse_args(remove_ros_args(argv)[1:])
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")   # no model hub on a line PC: never wait on one
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(config_overrides(args.config, args.overrides), argv)
+    except Exception as exc:  # one line, non-zero exit, like the CLI
+        print(f"{NODE_NAME}: error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Config keys as declared ROS 2 parameters, and back.
+
+Every key of `config.Config` is a parameter of the node under its dotted name
+(`refiner.threshold`), which is what rclpy makes of the nested params YAML. Each
+gets a descriptor: its type, the description from `config.DESCRIPTIONS`, its
+range from `config.RANGES`, its choices in `additional_constraints`, and
+`read_only` where a change needs the models rebuilt (`config.needs_reload`).
+All checking of values is `config.set_value`'s; nothing here knows a rule.
+"""
+from __future__ import annotations
+
+import array
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.parameter import Parameter
+
+from ..config import CHOICES, DESCRIPTIONS, RANGES, Config, ConfigError, flatten, needs_reload, set_value
+
+_TYPE_NAMES = {ParameterType.PARAMETER_BOOL: "bool", ParameterType.PARAMETER_INTEGER: "integer",
+               ParameterType.PARAMETER_DOUBLE: "double", ParameterType.PARAMETER_STRING: "string",
+               ParameterType.PARAMETER_INTEGER_ARRAY: "integer array",
+               ParameterType.PARAMETER_DOUBLE_ARRAY: "double array",
+               ParameterType.PARAMETER_STRING_ARRAY: "string array",
+               ParameterType.PARAMETER_BOOL_ARRAY: "bool array"}
+
+READ_ONLY_NOTE = "read-only while running: a change rebuilds the models, so restart the node"
+
+
+@dataclass
+class ParamSpec:
+    name: str
+    default: Any
+    type: int                          # rcl_interfaces ParameterType
+    description: str
+    constraints: str
+    read_only: bool
+    range: tuple[float, float] | None
+
+    @property
+    def type_name(self) -> str:
+        return _TYPE_NAMES[self.type]
+
+
+def config_keys() -> list[str]:
+    return list(flatten(Config()))
+
+
+def param_specs(cfg: Config | None = None) -> list[ParamSpec]:
+    """One spec per config key, defaults taken from `cfg` (or the dataclass defaults)."""
+    specs = []
+    for name, value in flatten(cfg or Config()).items():
+        # the type rclpy itself infers from the default: lists of ints and of floats differ
+        kind = Parameter.Type.from_parameter_value(value).value
+        notes = []
+        if name in CHOICES:
+            notes.append("one of: " + ", ".join(CHOICES[name]))
+        if name in RANGES:
+            low, high = RANGES[name]
+            notes.append(f"from {low} to {high}" if isinstance(value, int) else f"from {low:g} to {high:g}")
+        if name == "refiner.dilation_size":
+            notes.append("odd")
+        if needs_reload(name):
+            notes.append(READ_ONLY_NOTE)
+        specs.append(ParamSpec(name=name, default=copy.copy(value), type=kind,
+                               description=DESCRIPTIONS.get(name, ""), constraints="; ".join(notes),
+                               read_only=needs_reload(name), range=RANGES.get(name)))
+    return specs
+
+
+def descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    d = ParameterDescriptor(name=spec.name, type=spec.type, description=spec.description,
+                            additional_constraints=spec.constraints, read_only=spec.read_only)
+    if spec.range is not None and spec.type == ParameterType.PARAMETER_INTEGER:
+        d.integer_range = [IntegerRange(from_value=int(spec.range[0]), to_value=int(spec.range[1]), step=0)]
+    elif spec.range is not None and spec.type == ParameterType.PARAMETER_DOUBLE:
+        d.floating_point_range = [FloatingPointRange(from_value=float(spec.range[0]),
+                                                     to_value=float(spec.range[1]), step=0.0)]
+    return d
+
+
+def plain(value: Any) -> Any:
+    """A parameter value as config.set_value takes it (integer arrays come as array.array)."""
+    return list(value) if isinstance(value, (array.array, tuple)) else value
+
+
+def overrides_from_config(cfg: Config, keys: list[str] | None = None) -> list[Parameter]:
+    """Parameters carrying `cfg`'s values (all keys, or `keys`): for Node(parameter_overrides=...)."""
+    values = flatten(cfg)
+    return [Parameter(k, value=values[k]) for k in (keys if keys is not None else values)]
+
+
+def declare_config(node) -> Config:
+    """Declare every config key on `node` and return the validated Config they hold.
+
+    Values come from the node's overrides (a params file, `-p`, or parameter_overrides)
+    over the dataclass defaults. Raises ConfigError naming the key.
+    """
+    cfg = Config()
+    for spec in param_specs():
+        try:
+            param = node.declare_parameter(spec.name, spec.default, descriptor(spec))
+        except InvalidParameterTypeException as exc:
+            raise ConfigError(f"parameter {spec.name}: expected a {spec.type_name} "
+                              f"({' '.join(str(exc).split())})") from None
+        except InvalidParameterValueException as exc:
+            raise ConfigError(f"parameter {spec.name}: {' '.join(str(exc).split())}") from None
+        set_value(cfg, spec.name, plain(param.value))
+    return cfg
+
+
+def check_change(cfg: Config, changes: dict[str, Any]) -> str:
+    """Why these changes cannot be applied to `cfg` ("" when they can); `cfg` is not touched."""
+    trial = copy.deepcopy(cfg)
+    for name, value in changes.items():
+        try:
+            set_value(trial, name, plain(value))
+        except ConfigError as exc:
+            return str(exc)
+    return ""

@@ -1,0 +1,133 @@
+"""Frame accounting, rates and latencies: what /diagnostics reports. No rclpy in here.
+
+The accounting is exact: every received frame is, at any moment, either waiting or
+being inspected (`in_flight`), answered with exactly one verdict, or dropped by the
+`latest` policy, so `received == in_flight + dropped + pass + fail + error`.
+Frames the middleware reports lost before delivery (best effort) were never
+received; they are counted apart, as `lost_in_transport`.
+Rates are counted over the last `window_s` seconds; latencies and stage times are
+percentiles over the last `keep` frames.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+VERDICTS = ("pass", "fail", "error")
+# why a frame got an "error" verdict
+ERROR_KINDS = ("overflow", "decode", "inference", "publish", "shutdown")
+STAGES = ("decode", "inference", "publish")
+
+
+def percentile(values, q: float) -> float:
+    """The q-th percentile (0..100) of `values`, NaN when there are none."""
+    return float(np.percentile(np.fromiter(values, float), q)) if len(values) else float("nan")
+
+
+@dataclass
+class Snapshot:
+    received: int
+    dropped: int
+    lost_in_transport: int
+    verdicts: dict[str, int]
+    errors: dict[str, int]
+    in_flight: int
+    input_rate_hz: float
+    processed_rate_hz: float
+    latency_p50_ms: float          # subscription callback -> verdict published
+    latency_p95_ms: float
+    stage_p50_ms: dict[str, float]
+    last_error: str
+    since_last_frame_s: float = 0.0  # since the last frame arrived, or since start when none has
+
+    @property
+    def answered(self) -> int:
+        return sum(self.verdicts.values())
+
+
+@dataclass
+class FrameStats:
+    window_s: float = 5.0
+    keep: int = 500
+    started: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._received = 0
+        self._dropped = 0
+        self._lost = 0
+        self._verdicts: Counter[str] = Counter()
+        self._errors: Counter[str] = Counter()
+        self._last_error = ""
+        self._last_arrival = self.started
+        self._arrivals: deque[float] = deque()
+        self._answers: deque[float] = deque()
+        self._latency_ms: deque[float] = deque(maxlen=self.keep)
+        self._stage_ms = {s: deque(maxlen=self.keep) for s in STAGES}
+
+    def received(self, now: float) -> int:
+        """Count one arriving frame; returns its 1-based arrival number."""
+        with self._lock:
+            self._received += 1
+            self._arrivals.append(now)
+            self._last_arrival = now
+            return self._received
+
+    def dropped(self, count: int = 1) -> None:
+        with self._lock:
+            self._dropped += count
+
+    def lost(self, count: int) -> None:
+        """Frames the middleware says it lost before they reached the node."""
+        with self._lock:
+            self._lost += count
+
+    def answered(self, verdict: str, received_at: float, now: float, error_kind: str = "",
+                 error: str = "") -> None:
+        """Count the one verdict a frame gets."""
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict {verdict!r} is not one of {VERDICTS}")
+        with self._lock:
+            self._verdicts[verdict] += 1
+            if verdict == "error":
+                self._errors[error_kind or "inference"] += 1
+                self._last_error = f"{error_kind}: {error}" if error else error_kind
+            self._answers.append(now)
+            self._latency_ms.append((now - received_at) * 1000.0)
+
+    def stage(self, name: str, ms: float) -> None:
+        with self._lock:
+            self._stage_ms[name].append(ms)
+
+    def recent(self, stage: str) -> list[float]:
+        """The kept milliseconds of one stage, oldest first (for benchmarks)."""
+        with self._lock:
+            return list(self._stage_ms[stage])
+
+    def snapshot(self, now: float | None = None) -> Snapshot:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            for times in (self._arrivals, self._answers):
+                while times and times[0] < now - self.window_s:
+                    times.popleft()
+            span = max(min(self.window_s, now - self.started), 1e-3)
+            answered = sum(self._verdicts.values())
+            return Snapshot(
+                received=self._received,
+                dropped=self._dropped,
+                lost_in_transport=self._lost,
+                verdicts={v: self._verdicts[v] for v in VERDICTS},
+                errors={k: self._errors[k] for k in ERROR_KINDS},
+                in_flight=self._received - self._dropped - answered,
+                input_rate_hz=len(self._arrivals) / span,
+                processed_rate_hz=len(self._answers) / span,
+                latency_p50_ms=percentile(self._latency_ms, 50),
+                latency_p95_ms=percentile(self._latency_ms, 95),
+                stage_p50_ms={s: percentile(v, 50) for s, v in self._stage_ms.items()},
+                last_error=self._last_error,
+                since_last_frame_s=max(now - self._last_arrival, 0.0),
+            )

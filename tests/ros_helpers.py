@@ -1,0 +1,138 @@
+"""Helpers for the ROS 2 tests: a loopback-only rclpy context spun in the background,
+topic collectors, frame messages and an Inspector built once per module."""
+from __future__ import annotations
+
+import copy
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+FRAME_SIZE = (320, 240)     # (w, h): small frames keep the CPU tests quick
+
+
+def loopback_env(domain_id: int) -> dict[str, str]:
+    """The DDS settings every test uses: discovery on localhost only, a domain of its own."""
+    return {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "ROS_DOMAIN_ID": str(domain_id)}
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.02)
+
+
+class RosHarness:
+    """One rclpy context on loopback in its own DDS domain, its executor spinning in a thread.
+
+    The environment is set before rclpy.init() because that is when DDS reads it.
+    """
+
+    def __init__(self, domain_id: int):
+        import rclpy
+        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.signals import SignalHandlerOptions
+
+        self._saved_env = {k: os.environ.get(k) for k in loopback_env(domain_id)}
+        os.environ.update(loopback_env(domain_id))
+        self.context = rclpy.Context()
+        # pytest keeps Ctrl-C: rclpy installs no signal handlers here
+        rclpy.init(context=self.context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
+        self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
+        self.tester = rclpy.create_node("ros_test_client", context=self.context)
+        self.executor.add_node(self.tester)
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+
+    def add(self, node):
+        self.executor.add_node(node)
+        return node
+
+    def remove(self, node) -> None:
+        self.executor.remove_node(node)
+        node.destroy_node()
+
+    def collect(self, msg_type, topic: str, depth: int = 100) -> list:
+        """Messages arriving on `topic`, appended as they come (reliable QoS)."""
+        received: list = []
+        self.tester.create_subscription(msg_type, topic, received.append, depth)
+        return received
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown(timeout_sec=5)
+        self.tester.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self._thread.join(timeout=5)
+        for key, value in self._saved_env.items():   # other test modules pick their own domain
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def header(sec: int, nanosec: int = 0, frame_id: str = "camera"):
+    from std_msgs.msg import Header
+
+    h = Header(frame_id=frame_id)
+    h.stamp.sec, h.stamp.nanosec = sec, nanosec
+    return h
+
+
+def image(rgb: np.ndarray, sec: int, nanosec: int = 0, frame_id: str = "camera", encoding: str = "rgb8"):
+    from sensor_msgs.msg import Image
+
+    from clipsam_ros.ros.messages import image_msg
+
+    return image_msg(Image, header(sec, nanosec, frame_id), rgb, encoding)
+
+
+def raw_image(sec: int, *, encoding="rgb8", height=4, width=4, step=12, data=b"\0" * 48):
+    """An Image with fields exactly as given, for malformed-message tests."""
+    import array
+
+    from sensor_msgs.msg import Image
+
+    return Image(header=header(sec), height=height, width=width, encoding=encoding, is_bigendian=0,
+                 step=step, data=array.array("B", data))
+
+
+def pixels(msg) -> np.ndarray:
+    """A mono8 / 32FC1 / bgr8 Image message as a numpy array."""
+    dtype = {"mono8": np.uint8, "32FC1": np.float32, "bgr8": np.uint8}[msg.encoding]
+    arr = np.frombuffer(bytes(msg.data), dtype)
+    return arr.reshape(msg.height, msg.width, -1).squeeze(-1) if msg.encoding != "bgr8" else \
+        arr.reshape(msg.height, msg.width, 3)
+
+
+def stamp(msg) -> tuple[int, int, str]:
+    return msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id
+
+
+def build_offline_inspector(cfg, lite_sam, root: Path):
+    """The real Inspector on the offline profile: a reference bank of 3 good synth parts."""
+    import torch
+
+    from clipsam_ros.localize.factory import build_localizer
+    from clipsam_ros.pipeline import Inspector
+    from clipsam_ros.synth import generate_dataset
+
+    generate_dataset(root, n=3, seed=0, size=FRAME_SIZE, classes=["metal"])
+    cfg = copy.deepcopy(cfg)
+    cfg.device = "cpu"
+    cfg.localizer.reference_dir = str(root / "metal" / "train" / "good")
+    localizer = build_localizer(cfg, lite_sam, torch.device("cpu"), progress=False)
+    return Inspector(cfg, lite_sam, localizer, torch.device("cpu"))
+
+
+def sharing(inspector):
+    """An inspector factory for InspectorNode: the node's own config, the prebuilt models."""
+    from clipsam_ros.pipeline import Inspector
+
+    return lambda cfg: Inspector(cfg, inspector.sam, inspector.localizer, inspector.device)

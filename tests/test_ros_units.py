@@ -1,0 +1,162 @@
+"""The node's plain parts, without DDS: frame queue, accounting, parameter specs, QoS,
+messages, the `node` subcommand's arguments."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from rcl_interfaces.msg import ParameterType  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import ReliabilityPolicy  # noqa: E402
+
+from clipsam_ros.cli import build_parser  # noqa: E402
+from clipsam_ros.config import Config, InputConfig, flatten, read_params_file  # noqa: E402
+from clipsam_ros.decision import Defect  # noqa: E402
+from clipsam_ros.resources import config_path  # noqa: E402
+from clipsam_ros.ros.frame_queue import Frame, FrameQueue  # noqa: E402
+from clipsam_ros.ros.messages import diagnostic_level, verdict_json  # noqa: E402
+from clipsam_ros.ros.node import Throttle, config_overrides  # noqa: E402
+from clipsam_ros.ros.params import check_change, param_specs  # noqa: E402
+from clipsam_ros.ros.qos import image_subscription_qos, policy_warning  # noqa: E402
+from clipsam_ros.ros.stats import FrameStats  # noqa: E402
+
+from ros_helpers import header  # noqa: E402
+
+
+def frame(seq: int) -> Frame:
+    return Frame(msg=None, received=0.0, seq=seq)
+
+
+def test_latest_queue_replaces_the_waiting_frame_and_hands_it_back():
+    q = FrameQueue("latest", size=8)          # size is for `all`; latest holds one
+    assert q.offer(frame(1)).accepted
+    offer = q.offer(frame(2))
+    assert offer.accepted and offer.dropped.seq == 1
+    assert q.get(timeout=0).seq == 2 and q.get(timeout=0) is None
+
+
+def test_all_queue_refuses_what_does_not_fit_and_keeps_order():
+    q = FrameQueue("all", size=2)
+    assert [q.offer(frame(i)).accepted for i in (1, 2, 3)] == [True, True, False]
+    assert q.offer(frame(4)).dropped is None
+    assert [q.get(timeout=0).seq for _ in range(2)] == [1, 2]
+
+
+def test_closing_wakes_the_consumer_and_returns_what_waited():
+    q = FrameQueue("all", size=4)
+    got = []
+    consumer = threading.Thread(target=lambda: got.append(q.get()))
+    consumer.start()
+    time.sleep(0.05)
+    q.offer(frame(1))
+    consumer.join(1)
+    assert got[0].seq == 1
+    q.offer(frame(2))
+    assert [f.seq for f in q.close()] == [2]
+    assert q.get() is None and not q.offer(frame(3)).accepted
+
+
+def test_accounting_is_exact_and_latency_is_measured():
+    stats = FrameStats(window_s=10.0, started=0.0)
+    for t in range(5):
+        stats.received(float(t))
+    stats.dropped()
+    stats.answered("pass", received_at=0.0, now=1.0)
+    stats.answered("fail", received_at=1.0, now=1.5)
+    stats.answered("error", received_at=2.0, now=2.1, error_kind="decode", error="data: 3 bytes")
+    snap = stats.snapshot(now=5.0)
+    assert snap.received == 5 and snap.in_flight == 1
+    assert snap.received == snap.in_flight + snap.dropped + snap.answered
+    assert snap.errors["decode"] == 1 and snap.last_error == "decode: data: 3 bytes"
+    assert snap.latency_p50_ms == pytest.approx(500.0) and snap.latency_p95_ms > 900
+    assert snap.input_rate_hz == pytest.approx(1.0)           # 5 frames over the 5 s so far
+    with pytest.raises(ValueError):
+        stats.answered("maybe", 0.0, 0.0)
+
+
+def test_diagnostic_level_follows_what_changed():
+    stats = FrameStats(started=0.0)
+    stats.received(0.0)
+    first = stats.snapshot(1.0)
+    assert diagnostic_level(None, first, worker_alive=True)[0] == 0
+    stats.dropped()
+    assert diagnostic_level(first, stats.snapshot(2.0), True)[0] == 1
+    stats.answered("error", 0.0, 2.0, "overflow", "queue full")
+    level, message = diagnostic_level(first, stats.snapshot(2.0), True)
+    assert level == 2 and "queue full" in message
+    assert diagnostic_level(first, first, worker_alive=False)[0] == 2
+
+
+def test_throttle_says_one_line_per_period_and_counts_the_rest():
+    say = Throttle(period_s=5.0)
+    assert say("decode", 0.0) == 0
+    assert say("decode", 1.0) is None and say("decode", 2.0) is None
+    assert say("overflow", 2.0) == 0                            # kinds are throttled apart
+    assert say("decode", 6.0) == 2
+
+
+def test_every_config_key_has_a_typed_parameter_spec():
+    specs = {s.name: s for s in param_specs()}
+    assert set(specs) == set(flatten(Config()))
+    assert specs["refiner.threshold"].type == ParameterType.PARAMETER_DOUBLE
+    assert specs["refiner.threshold"].range == (0.0, 1.0) and not specs["refiner.threshold"].read_only
+    assert specs["clip.layers"].type == ParameterType.PARAMETER_INTEGER_ARRAY
+    assert specs["input.compressed"].type == ParameterType.PARAMETER_BOOL
+    assert specs["refiner.num_positive"].type == ParameterType.PARAMETER_INTEGER
+    for key in ("device", "sam.variant", "localizer.method", "input.queue_policy", "clip.layers"):
+        assert specs[key].read_only and "restart" in specs[key].constraints
+    assert "one of: latest, all" in specs["input.queue_policy"].constraints
+
+
+@pytest.mark.parametrize("name", ["offline.yaml", "inspect.yaml"])
+def test_shipped_params_files_have_the_types_the_node_declares(name):
+    """ROS refuses `15` for a double parameter: the YAMLs must write 15.0."""
+    specs = {s.name: s for s in param_specs()}
+    for key, value in read_params_file(config_path(name)).items():
+        value = "" if value is None else value
+        assert Parameter.Type.from_parameter_value(value).value == specs[key].type, (name, key, value)
+
+
+def test_check_change_uses_config_rules_and_touches_nothing():
+    cfg = Config()
+    assert check_change(cfg, {"refiner.threshold": 0.7}) == ""
+    assert "odd" in check_change(cfg, {"refiner.dilation_size": 24})
+    assert "not allowed" in check_change(cfg, {"refiner.dilation_shape": "star"})
+    assert cfg.refiner.threshold == 0.5
+
+
+def test_subscription_qos_follows_reliability_and_policy():
+    assert image_subscription_qos(InputConfig()).reliability == ReliabilityPolicy.BEST_EFFORT
+    triggered = InputConfig(reliability="reliable", queue_policy="all", queue_size=8)
+    assert image_subscription_qos(triggered).reliability == ReliabilityPolicy.RELIABLE
+    assert image_subscription_qos(triggered).depth >= 8
+    assert policy_warning(triggered) == ""
+    assert "best_effort" in policy_warning(InputConfig(queue_policy="all"))
+
+
+def test_verdict_json_carries_the_stamp_and_the_reject_flag():
+    data = json.loads(verdict_json(header(12, 34, "cam"), "fail", 0.8,
+                                   [Defect(bbox=[1, 2, 3, 4], area_px=9, score=0.8)]))
+    assert data["header"] == {"sec": 12, "nanosec": 34, "frame_id": "cam"}
+    assert data["reject"] is True and data["defects"][0]["bbox"] == [1, 2, 3, 4]
+    assert json.loads(verdict_json(header(1), "error", 1.0, error="x"))["error"] == "x"
+
+
+def test_node_subcommand_takes_config_set_and_ros_args():
+    args = build_parser().parse_args(["node", "--config", "c.yaml", "--set", "device=cpu",
+                                      "--ros-args", "-r", "image:=/cam/image_raw", "-r", "__ns:=/l1"])
+    assert (args.config, args.overrides) == ("c.yaml", ["device=cpu"])
+    assert args.ros_args == ["-r", "image:=/cam/image_raw", "-r", "__ns:=/l1"]
+
+
+def test_node_overrides_from_a_file_are_complete_and_set_only_its_keys():
+    full = {p.name: p.value for p in config_overrides(str(config_path("offline.yaml")), ["device=cpu"])}
+    assert set(full) == set(flatten(Config())) and full["device"] == "cpu"
+    assert full["sam.variant"] == "lite_medsam" and full["refiner.box_margin_px"] == 15.0
+    only = config_overrides(None, ["refiner.threshold=0.6"])
+    assert [(p.name, p.value) for p in only] == [("refiner.threshold", 0.6)]
