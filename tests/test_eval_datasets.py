@@ -1,0 +1,113 @@
+"""Dataset readers and ablation variants: no models, fast."""
+from __future__ import annotations
+
+import csv
+
+import cv2
+import numpy as np
+import pytest
+
+from clipsam_ros.config import Config, set_value
+from clipsam_ros.eval.datasets import DatasetError, load_dataset, read_mask, read_rgb, resize_longest
+from clipsam_ros.eval.runner import pick_shots
+from clipsam_ros.eval.variants import PIPELINE, Variant, ablation_variants
+from clipsam_ros.synth import generate_dataset
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    generate_dataset(root, n=1, classes=["metal", "washer"], size=(96, 64))
+    return root
+
+
+def test_synth_layout_lists_classes_with_masks_only_on_defects(synth_root):
+    classes = load_dataset(synth_root, "synth")
+    assert [c.name for c in classes] == ["metal", "washer"]
+    metal = classes[0]
+    assert len(metal.train_good) == 1
+    good = [s for s in metal.test if s.defect == "good"]
+    bad = [s for s in metal.test if s.defect != "good"]
+    assert len(good) == 1 and good[0].mask is None and good[0].label == 0
+    assert {s.defect for s in bad} == {"scratch", "hole", "stain"} and all(s.label == 1 for s in bad)
+    assert not read_mask(good[0], (64, 96)).any()
+    assert read_mask(bad[0], (64, 96)).any()
+
+
+def test_class_filter_and_its_error(synth_root):
+    assert [c.name for c in load_dataset(synth_root, "mvtec", ["washer"])] == ["washer"]
+    with pytest.raises(DatasetError, match="--classes bottle: not in .*classes there: metal, washer"):
+        load_dataset(synth_root, "mvtec", ["bottle"])
+
+
+def test_wrong_layout_says_what_was_expected_where(tmp_path, synth_root):
+    with pytest.raises(DatasetError) as err:
+        load_dataset(tmp_path, "mvtec")
+    assert f"{tmp_path}/<class>/train/good/" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(DatasetError, match=r"expected .*split_csv/1cls\.csv"):
+        load_dataset(synth_root, "visa")
+
+
+def test_a_missing_mask_is_named(tmp_path):
+    generate_dataset(tmp_path, n=1, classes=["metal"], size=(96, 64))
+    (tmp_path / "metal" / "ground_truth" / "hole" / "000_mask.png").unlink()
+    with pytest.raises(DatasetError, match="expected the mask .*hole/000_mask.png for the test image"):
+        load_dataset(tmp_path, "mvtec")
+
+
+def _write(path, image):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), image)
+
+
+def test_visa_layout_from_its_split_csv(tmp_path):
+    img = np.full((40, 60, 3), 128, np.uint8)
+    mask = np.zeros((40, 60), np.uint8)
+    mask[10:20, 10:30] = 1                      # VisA masks hold small ids, not 255
+    rows = [("candle", "train", "normal", "candle/Data/Images/Normal/0000.JPG", "")]
+    rows += [("candle", "train", "normal", "candle/Data/Images/Normal/0001.JPG", "")]
+    rows += [("candle", "test", "normal", "candle/Data/Images/Normal/0002.JPG", "")]
+    rows += [("candle", "test", "anomaly", "candle/Data/Images/Anomaly/000.JPG",
+              "candle/Data/Masks/Anomaly/000.png")]
+    for _, _, _, image, mask_path in rows:
+        _write(tmp_path / image, img)
+        if mask_path:
+            _write(tmp_path / mask_path, mask)
+    (tmp_path / "split_csv").mkdir()
+    with open(tmp_path / "split_csv" / "1cls.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["object", "split", "label", "image", "mask"])
+        writer.writerows(rows)
+    (candle,) = load_dataset(tmp_path, "visa")
+    assert candle.name == "candle" and len(candle.train_good) == 2
+    labels = {s.image.name: (s.label, s.defect) for s in candle.test}
+    assert labels == {"0002.JPG": (0, "good"), "000.JPG": (1, "anomaly")}
+    anomalous = next(s for s in candle.test if s.label)
+    assert read_mask(anomalous, (40, 60)).sum() == 200
+    assert read_mask(anomalous, (20, 30)).shape == (20, 30)
+
+
+def test_eval_size_keeps_the_aspect(synth_root):
+    image = read_rgb(synth_root / "metal" / "train" / "good" / "000.png", 48)
+    assert image.shape == (32, 48, 3)
+    assert resize_longest(np.zeros((10, 20), bool).view(np.uint8), 0).shape == (10, 20)
+    assert pick_shots(list(range(10)), 3) == [0, 4, 9]
+    assert pick_shots(list(range(3)), 8) == [0, 1, 2]
+
+
+def test_ablation_variants_change_one_thing_and_are_valid_configs():
+    base = Config().refiner
+    stages = ablation_variants("cps-stages", base)
+    assert [v.name for v in stages] == ["coarse", "only points", "points+logit1", "points+box+logit2"]
+    assert stages[0].refiner.method == "none"
+    assert [(v.refiner.stage2_logits, v.refiner.stage3_box) for v in stages[1:]] == \
+        [(False, False), (True, False), (True, True)]
+    # the full cascade with the default config is the pipeline itself: computed once
+    assert stages[-1].key == Variant(PIPELINE, base).key
+    dilation = ablation_variants("dilation", base)
+    assert len({v.key for v in dilation}) == 9
+    cfg = Config()
+    for v in dilation:   # the config's own validation accepts every variant (odd sizes)
+        set_value(cfg, "refiner.dilation_size", v.refiner.dilation_size)
+        set_value(cfg, "refiner.dilation_shape", v.refiner.dilation_shape)
+    assert base.dilation_size == 25 and base.method == "cps"     # the base was not modified
