@@ -129,12 +129,11 @@ def test_download_lands_atomically_with_right_bytes(server: _Server, cache: Path
     assert _listing(cache) == ["w.pth"]   # no .part-<pid> left behind
 
 
-def test_download_without_known_checksum_still_returns_file(
-        server: _Server, cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = resolve_weight(f"{server.base}/data/free.bin", key=KEY, cache_dir=str(cache), progress=False)
-    assert path.read_bytes() == DATA
-    out = capsys.readouterr()
-    assert out.out == "" and out.err == ""
+def test_download_without_known_checksum_is_refused_before_any_network(server: _Server, cache: Path) -> None:
+    with pytest.raises(WeightError) as exc:
+        resolve_weight(f"{server.base}/data/free.bin", key=KEY, cache_dir=str(cache), progress=False)
+    assert f"set {KEY}_sha256" in _one_line_with_key(exc)
+    assert server.paths == [] and _listing(cache) == []
 
 
 def test_progress_bar_does_not_break_download(server: _Server, cache: Path) -> None:
@@ -150,9 +149,10 @@ def test_second_call_uses_cache_without_network(server: _Server, cache: Path) ->
     second = resolve_weight(url, key=KEY, sha256=DATA_SHA, cache_dir=str(cache), progress=False)
     assert second == first
     assert len(server.paths) == 1
-    # no checksum known: an existing file is trusted as is
-    third = resolve_weight(url, key=KEY, cache_dir=str(cache), progress=False)
-    assert third == first and len(server.paths) == 1
+    # no checksum known: not even a cached file is trusted
+    with pytest.raises(WeightError):
+        resolve_weight(url, key=KEY, cache_dir=str(cache), progress=False)
+    assert len(server.paths) == 1
 
 
 def test_known_sha256_by_file_name_is_applied(
@@ -191,7 +191,7 @@ def test_checksum_mismatch_leaves_no_file(server: _Server, cache: Path) -> None:
 def test_interrupted_transfer_leaves_no_file(server: _Server, cache: Path) -> None:
     url = f"{server.base}/short/w.pth"
     with pytest.raises(WeightError) as exc:
-        resolve_weight(url, key=KEY, cache_dir=str(cache), progress=False)
+        resolve_weight(url, key=KEY, sha256=DATA_SHA, cache_dir=str(cache), progress=False)
     msg = _one_line_with_key(exc)
     assert "interrupted" in msg
     assert f"after {len(DATA) // 3} of {len(DATA)} bytes" in msg
@@ -201,7 +201,7 @@ def test_interrupted_transfer_leaves_no_file(server: _Server, cache: Path) -> No
 
 def test_stalled_body_times_out_and_leaves_no_file(server: _Server, cache: Path) -> None:
     with pytest.raises(WeightError) as exc:
-        resolve_weight(f"{server.base}/stall_body/w.pth", key=KEY, cache_dir=str(cache),
+        resolve_weight(f"{server.base}/stall_body/w.pth", key=KEY, sha256=DATA_SHA, cache_dir=str(cache),
                        progress=False, timeout_s=0.3)
     msg = _one_line_with_key(exc)
     assert "stalled" in msg and f"of {len(DATA)} bytes" in msg
@@ -210,7 +210,7 @@ def test_stalled_body_times_out_and_leaves_no_file(server: _Server, cache: Path)
 
 def test_no_response_times_out(server: _Server, cache: Path) -> None:
     with pytest.raises(WeightError) as exc:
-        resolve_weight(f"{server.base}/stall_head/w.pth", key=KEY, cache_dir=str(cache),
+        resolve_weight(f"{server.base}/stall_head/w.pth", key=KEY, sha256=DATA_SHA, cache_dir=str(cache),
                        progress=False, timeout_s=0.3)
     assert "no answer within 0.3 s" in _one_line_with_key(exc)
     assert _listing(cache) == []
@@ -219,7 +219,7 @@ def test_no_response_times_out(server: _Server, cache: Path) -> None:
 def test_http_404(server: _Server, cache: Path) -> None:
     url = f"{server.base}/nothing/w.pth"
     with pytest.raises(WeightError) as exc:
-        resolve_weight(url, key=KEY, cache_dir=str(cache), progress=False)
+        resolve_weight(url, key=KEY, sha256=DATA_SHA, cache_dir=str(cache), progress=False)
     msg = _one_line_with_key(exc)
     assert "HTTP 404" in msg and url in msg
     assert _listing(cache) == []
@@ -231,7 +231,7 @@ def test_connection_refused(cache: Path) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         with pytest.raises(WeightError) as exc:
-            resolve_weight(f"http://127.0.0.1:{port}/w.pth", key=KEY, cache_dir=str(cache),
+            resolve_weight(f"http://127.0.0.1:{port}/w.pth", key=KEY, sha256=DATA_SHA, cache_dir=str(cache),
                            progress=False, timeout_s=2.0)
     msg = _one_line_with_key(exc)
     assert "connection refused" in msg and "check the network" in msg

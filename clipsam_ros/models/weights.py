@@ -85,8 +85,10 @@ def resolve_weight(
     """The local path of a verified weight file for `source` (path or http(s) URL).
 
     `key` is the config key `source` came from; it goes into every error message.
-    `sha256` is the expected digest; "" falls back to KNOWN_SHA256 by file name,
-    and when neither is known the file is used unchecked.
+    `sha256` is the expected digest; "" falls back to KNOWN_SHA256 by file name.
+    A URL whose digest is neither configured nor known is refused (nothing is
+    downloaded or used unverified); a local file with none is the user's own and
+    is used as is.
     """
     source = source.strip()
     if not source:
@@ -160,12 +162,14 @@ def _resolve_url(url: str, *, key: str, sha256: str, cache_dir: str,
     if not name:
         raise WeightError(f"{key}: URL {url} does not end in a file name; set {key} to the URL of a weight file")
     expected = _expected_sha256(sha256, name, key)
+    if not expected:
+        raise WeightError(f"{key}: no sha256 is known for {url}, and downloads are always verified; "
+                          f"set {key}_sha256 to the file's sha256 (sha256sum FILE), "
+                          f"or set {key} to a local file")
     cache = default_cache_dir(cache_dir)
     target = cache / name
 
     if target.is_file():
-        if not expected:
-            return target
         if _hash(target, key) == expected:
             return target
         # a stale or foreign file under the official name: fetch a good copy over it
