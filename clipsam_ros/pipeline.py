@@ -18,6 +18,7 @@ from .config import Config, ConfigError
 from .decision import ERROR, Defect, find_defects, verdict_of
 from .models.sam import SamModel, build_sam
 from .refine.cps import Refinement, refine_cps, threshold_only
+from .refine.mmr import refine_mmr
 from .timing import Stopwatch
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,13 @@ def error_result(shape: tuple[int, int], message: str, timings_ms: dict[str, flo
         encoder_calls=encoder_calls or {"sam": 0, "clip": 0}, error=message)
 
 
+def check_frame(image_rgb) -> None:
+    if not isinstance(image_rgb, np.ndarray) or image_rgb.ndim != 3 or image_rgb.shape[2] != 3 \
+            or image_rgb.dtype != np.uint8 or min(image_rgb.shape[:2]) < 1:
+        got = f"{image_rgb.dtype} {image_rgb.shape}" if isinstance(image_rgb, np.ndarray) else type(image_rgb).__name__
+        raise ValueError(f"expected an RGB uint8 HxWx3 frame, got {got}")
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA device is available (set device: auto or cpu)")
@@ -85,8 +93,6 @@ class Inspector:
     @classmethod
     def from_config(cls, cfg: Config, progress: bool = True) -> "Inspector":
         """Build models and weights; raises one-line errors (ConfigError, WeightError, ...)."""
-        if cfg.refiner.method == "mmr":
-            raise ConfigError("refiner.method=mmr is not in this release yet (use cps or none)")
         from .localize.factory import build_localizer
 
         device = resolve_device(cfg.device)
@@ -104,39 +110,94 @@ class Inspector:
 
     def inspect(self, image_rgb: np.ndarray, watch: Stopwatch | None = None) -> InspectionResult:
         """Inspect one RGB uint8 frame. Never raises for a bad frame: returns verdict "error"."""
-        watch = watch or Stopwatch(sync_cuda=self.device.type == "cuda")
-        sam_before, clip_before = self.sam.encoder_calls, self._clip_calls()
+        watch = watch or self._stopwatch()
+        sam_before, clip_before = self.sam.images_encoded, self._clip_calls()
 
         def calls() -> dict[str, int]:
-            return {"sam": self.sam.encoder_calls - sam_before, "clip": self._clip_calls() - clip_before}
+            return {"sam": self.sam.images_encoded - sam_before, "clip": self._clip_calls() - clip_before}
 
-        shape = image_rgb.shape[:2] if getattr(image_rgb, "ndim", 0) >= 2 else (1, 1)
         try:
-            result = self._inspect(image_rgb, watch)
+            check_frame(image_rgb)
+            with watch.stage("total"):
+                clip = None
+                if self.clip_encoder is not None:
+                    with watch.stage("clip_encoder"):
+                        clip = self.clip_encoder.encode_image(image_rgb)
+                with watch.stage("sam_encoder"):
+                    embedding = self.sam.encode(image_rgb)
+                result = self._after_encoders(image_rgb, clip, embedding, watch)
         except Exception as exc:  # one bad frame must not take the line down: fail safe
-            message = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
-            log.error("frame could not be inspected: %s", message)
-            return error_result(shape, message, dict(watch.ms), calls())
+            return self._failed(image_rgb, exc, watch, calls())
+        result.timings_ms = dict(watch.ms)
         result.encoder_calls = calls()
         self.frames += 1
         return result
 
-    def _inspect(self, image_rgb: np.ndarray, watch: Stopwatch) -> InspectionResult:
-        if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
-            raise ValueError(f"expected an RGB uint8 HxWx3 frame, got {image_rgb.dtype} {image_rgb.shape}")
-        size = image_rgb.shape[:2]
-        with watch.stage("total"):
-            clip = None
+    def inspect_batch(self, images_rgb: list[np.ndarray]) -> list[InspectionResult]:
+        """Frames that arrived together (one per camera), each encoder run once for all of them.
+
+        Encoder milliseconds are the batch's, shared evenly among its frames. A bad
+        frame gets its own "error" result and does not hold up the others.
+        """
+        if len(images_rgb) == 1:
+            return [self.inspect(images_rgb[0])]
+        results: list[InspectionResult | None] = [None] * len(images_rgb)
+        good = []
+        for i, image in enumerate(images_rgb):
+            try:
+                check_frame(image)
+                good.append(i)
+            except ValueError as exc:
+                results[i] = self._failed(image, exc, self._stopwatch(), {"sam": 0, "clip": 0})
+        if not good:
+            return results
+        batch = self._stopwatch()
+        frames = [images_rgb[i] for i in good]
+        try:
+            clips = [None] * len(frames)
             if self.clip_encoder is not None:
-                with watch.stage("clip_encoder"):
-                    clip = self.clip_encoder.encode_image(image_rgb)
-            with watch.stage("sam_encoder"):
-                embedding = self.sam.encode(image_rgb)
-            with watch.stage("localize"):
-                estimate = self.localizer(clip, embedding, size)
-            refinement = self._refine(estimate.anomaly_map, embedding, watch)
-            with watch.stage("decide"):
-                defects = find_defects(refinement.mask, refinement.pixel_scores, self.cfg.decision)
+                with batch.stage("clip_encoder"):
+                    clips = self.clip_encoder.encode_image_batch(frames)
+            with batch.stage("sam_encoder"):
+                embeddings = self.sam.encode_batch(frames)
+        except Exception as exc:
+            for i in good:
+                results[i] = self._failed(images_rgb[i], exc, batch, {"sam": 0, "clip": 0})
+            return results
+        shared = {stage: ms / len(frames) for stage, ms in batch.ms.items()}
+        calls = {"sam": 1, "clip": int(self.clip_encoder is not None)}
+        for i, clip, embedding in zip(good, clips, embeddings):
+            watch = self._stopwatch()
+            try:
+                with watch.stage("total"):
+                    result = self._after_encoders(images_rgb[i], clip, embedding, watch)
+            except Exception as exc:
+                results[i] = self._failed(images_rgb[i], exc, watch, calls)
+                continue
+            watch.ms.update(shared)
+            watch.ms["total"] += sum(shared.values())
+            result.timings_ms, result.encoder_calls = dict(watch.ms), dict(calls)
+            self.frames += 1
+            results[i] = result
+        return results
+
+    def _stopwatch(self) -> Stopwatch:
+        return Stopwatch(sync_cuda=self.device.type == "cuda")
+
+    def _failed(self, image_rgb, exc: Exception, watch: Stopwatch, calls: dict[str, int]) -> InspectionResult:
+        message = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+        log.error("frame could not be inspected: %s", message)
+        shape = image_rgb.shape[:2] if getattr(image_rgb, "ndim", 0) >= 2 else (1, 1)
+        return error_result(shape, message, dict(watch.ms), calls)
+
+    def _after_encoders(self, image_rgb: np.ndarray, clip, embedding, watch: Stopwatch) -> InspectionResult:
+        """Everything after the encoders, on their cached outputs."""
+        size = image_rgb.shape[:2]
+        with watch.stage("localize"):
+            estimate = self.localizer(clip, embedding, size)
+        refinement = self._refine(estimate.anomaly_map, embedding, watch)
+        with watch.stage("decide"):
+            defects = find_defects(refinement.mask, refinement.pixel_scores, self.cfg.decision)
         return InspectionResult(
             verdict=verdict_of(defects),
             score=float(refinement.pixel_scores.max()),
@@ -145,7 +206,7 @@ class Inspector:
             pixel_scores=refinement.pixel_scores,
             defects=defects,
             image_score=float(estimate.image_score),
-            timings_ms=dict(watch.ms),
+            timings_ms={},
             encoder_calls={},
             refinement=refinement,
         )
@@ -154,5 +215,7 @@ class Inspector:
         method = self.cfg.refiner.method
         if method == "cps":
             return refine_cps(anomaly_map, embedding, self.sam, self.cfg.refiner, watch)
+        if method == "mmr":
+            return refine_mmr(anomaly_map, embedding, self.sam, self.cfg.refiner, watch)
         with watch.stage("fuse"):
             return threshold_only(anomaly_map, self.cfg.refiner)

@@ -80,11 +80,14 @@ def test_an_exception_inside_inference_is_contained(inspector):
 
 def test_bank_is_saved_and_reloaded_identically(inspector, offline_cfg, lite_sam):
     path = inspector.cfg.localizer.bank
-    bank = load_bank(path, "lite_medsam")
-    assert torch.equal(bank.patches, inspector.localizer.bank.patches)
+    radius = inspector.cfg.localizer.spatial_radius
+    bank = load_bank(path, "lite_medsam", radius)
+    assert torch.equal(bank.grids, inspector.localizer.bank.grids)
     assert bank.normal_distance == pytest.approx(inspector.localizer.bank.normal_distance)
     with pytest.raises(BankError, match="sam.variant"):
-        load_bank(path, "vit_h")
+        load_bank(path, "vit_h", radius)
+    with pytest.raises(BankError, match="spatial_radius"):
+        load_bank(path, "lite_medsam", radius + 1)
     cfg = copy.deepcopy(offline_cfg)
     cfg.localizer.bank = path                                  # no reference_dir: the file is enough
     reloaded = build_localizer(cfg, lite_sam, torch.device("cpu"))
@@ -124,3 +127,16 @@ def test_clip_localizer_encodes_clip_once_per_frame(offline_cfg, lite_sam):
         assert result.encoder_calls == {"sam": 1, "clip": 1}
         assert "clip_encoder" in result.timings_ms
     assert localizer.text_encodes == text_before              # text embeddings once per process
+
+
+def test_frames_from_several_cameras_share_one_encoder_pass(inspector):
+    stain, truth = make_sample("metal", "stain", seed=5)
+    small_good, _ = make_sample("metal", None, seed=9, size=(320, 240))
+    passes, images = inspector.sam.encoder_calls, inspector.sam.images_encoded
+    results = inspector.inspect_batch([stain, np.zeros((4, 4), np.float32), small_good])
+    assert inspector.sam.encoder_calls - passes == 1 and inspector.sam.images_encoded - images == 2
+    assert [r.verdict for r in results] == ["fail", "error", "pass"]
+    assert results[0].encoder_calls == {"sam": 1, "clip": 0} and results[2].mask.shape == (240, 320)
+    single = inspector.inspect(stain)
+    overlap = ((single.mask > 0) & (results[0].mask > 0)).sum() / max(((single.mask > 0) | (results[0].mask > 0)).sum(), 1)
+    assert overlap > 0.98                                   # batching does not change the answer

@@ -1,8 +1,15 @@
 """Reference localizer (few-shot, beyond the papers): a memory bank of normal SAM patches.
 
-The bank holds L2-normalised SAM-encoder cell embeddings from N images of good
-parts. A frame's anomaly at a cell is its mean cosine distance to the k nearest
-bank entries. It reuses the frame's SAM embedding, so it adds no encoder pass.
+The bank holds the L2-normalised SAM-encoder cell embeddings of N images of good
+parts, as grids. A frame's anomaly at a cell is its mean cosine distance to the k
+nearest bank cells. It reuses the frame's SAM embedding: no extra encoder pass.
+
+Position: parts on a line are fixtured, so where a patch is matters. With
+`localizer.spatial_radius` = R ≥ 0 a cell is compared only with bank cells at
+most R cells away (a bite out of a washer shows belt, which is normal elsewhere
+in the frame, but not there). R = -1 compares with every bank cell (for parts
+that arrive at any position; the bank is then subsampled to `bank_max_patches`).
+A frame whose embedding grid differs from the bank's falls back to R = -1.
 
 Calibration: when the bank is built, every normal image is scored against a
 bank made without it (leave-one-out); the 99.5th percentile of those distances
@@ -39,16 +46,25 @@ class BankError(RuntimeError):
 
 @dataclass
 class MemoryBank:
-    patches: torch.Tensor      # (M, C) L2-normalised
+    grids: torch.Tensor        # (N, rows, cols, C) L2-normalised cell embeddings of N good parts
     normal_distance: float     # 99.5th percentile of leave-one-out normal distances
     sam_variant: str
+    spatial_radius: int        # the radius the calibration was made with
+
+    def patches(self, max_patches: int, seed: int = 0) -> torch.Tensor:
+        """All bank cells as (M, C), randomly subsampled to at most `max_patches`."""
+        flat = self.grids.reshape(-1, self.grids.shape[-1])
+        if len(flat) <= max_patches:
+            return flat
+        generator = torch.Generator().manual_seed(seed)
+        return flat[torch.randperm(len(flat), generator=generator)[:max_patches].to(flat.device)]
 
 
-def cell_embeddings(embedding: SamEmbedding) -> torch.Tensor:
-    """(rows*cols, C) L2-normalised embeddings of the cells that cover the frame."""
+def cell_grid(embedding: SamEmbedding) -> torch.Tensor:
+    """(rows, cols, C) L2-normalised embeddings of the cells that cover the frame."""
     rows, cols = embedding.valid_cells()
     grid = embedding.features[0, :, :rows, :cols].float()
-    return F.normalize(grid.flatten(1).T, dim=1)
+    return F.normalize(grid.permute(1, 2, 0), dim=-1)
 
 
 def knn_distance(queries: torch.Tensor, bank: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
@@ -59,6 +75,29 @@ def knn_distance(queries: torch.Tensor, bank: torch.Tensor, k: int, chunk: int =
         top = sim.topk(min(k, bank.shape[0]), dim=1).values
         out.append(1.0 - top.mean(dim=1))
     return torch.cat(out)
+
+
+def spatial_knn_distance(query: torch.Tensor, grids: torch.Tensor, k: int, radius: int) -> torch.Tensor:
+    """(rows, cols) mean cosine distance of each query cell to its k nearest bank cells
+    among those at most `radius` cells away (in every bank image)."""
+    rows, cols, _ = query.shape
+    # zero padding: a cell outside the grid has similarity 0, never a near neighbour
+    padded = F.pad(grids.permute(0, 3, 1, 2), (radius, radius, radius, radius))
+    q = query.permute(2, 0, 1)
+    sims = [torch.einsum("nchw,chw->nhw", padded[:, :, dr:dr + rows, dc:dc + cols], q)
+            for dr in range(2 * radius + 1) for dc in range(2 * radius + 1)]
+    top = torch.cat(sims).topk(min(k, len(grids) * len(sims)), dim=0).values
+    return 1.0 - top.mean(dim=0)
+
+
+def distance_map(query: torch.Tensor, bank: MemoryBank, k: int, radius: int,
+                 max_patches: int) -> torch.Tensor:
+    """The kNN distance of each query cell, spatially restricted when the grids line up."""
+    if radius >= 0 and query.shape[:2] == bank.grids.shape[1:3]:
+        return spatial_knn_distance(query, bank.grids, k, radius)
+    rows, cols, channels = query.shape
+    flat = knn_distance(query.reshape(-1, channels), bank.patches(max_patches), k)
+    return flat.reshape(rows, cols)
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -81,32 +120,34 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def build_bank(images: Sequence[np.ndarray], encode: Callable[[np.ndarray], SamEmbedding],
-               sam_variant: str, max_patches: int, seed: int = 0, progress: bool = True) -> MemoryBank:
-    """Encode the normal images, calibrate by leave-one-out, subsample to `max_patches`."""
-    per_image = [cell_embeddings(encode(img)).cpu()
-                 for img in tqdm(images, desc="reference bank", unit="img", disable=not progress)]
+               sam_variant: str, spatial_radius: int, max_patches: int,
+               progress: bool = True) -> MemoryBank:
+    """Encode the normal images and calibrate by leave-one-out."""
+    grids = [cell_grid(encode(img)).cpu()
+             for img in tqdm(images, desc="reference bank", unit="img", disable=not progress)]
+    if len({g.shape for g in grids}) != 1:
+        raise BankError("localizer.reference_dir holds images of different sizes; "
+                        "use images from the camera that inspects the line")
+    stacked = torch.stack(grids)
     distances = []
-    for i, cells in enumerate(per_image):
-        others = torch.cat([c for j, c in enumerate(per_image) if j != i])
-        distances.append(knn_distance(cells, others, 1))
+    for i in range(len(grids)):
+        others = MemoryBank(torch.cat([stacked[:i], stacked[i + 1:]]), 1.0, sam_variant, spatial_radius)
+        distances.append(distance_map(stacked[i], others, 1, spatial_radius, max_patches).flatten())
     normal_distance = float(torch.quantile(torch.cat(distances), _QUANTILE))
-    patches = torch.cat(per_image)
-    if len(patches) > max_patches:
-        generator = torch.Generator().manual_seed(seed)
-        patches = patches[torch.randperm(len(patches), generator=generator)[:max_patches]]
-    return MemoryBank(patches.contiguous(), max(normal_distance, 1e-6), sam_variant)
+    return MemoryBank(stacked.contiguous(), max(normal_distance, 1e-6), sam_variant, spatial_radius)
 
 
 def save_bank(bank: MemoryBank, path: str | Path) -> None:
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({"patches": bank.patches}, str(tmp),
-              metadata={"normal_distance": repr(bank.normal_distance), "sam_variant": bank.sam_variant})
+    save_file({"grids": bank.grids}, str(tmp),
+              metadata={"normal_distance": repr(bank.normal_distance), "sam_variant": bank.sam_variant,
+                        "spatial_radius": str(bank.spatial_radius)})
     tmp.replace(path)
 
 
-def load_bank(path: str | Path, sam_variant: str) -> MemoryBank:
+def load_bank(path: str | Path, sam_variant: str, spatial_radius: int) -> MemoryBank:
     path = Path(path).expanduser()
     try:
         tensors = load_file(str(path))
@@ -114,13 +155,18 @@ def load_bank(path: str | Path, sam_variant: str) -> MemoryBank:
 
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
-        bank = MemoryBank(tensors["patches"], float(meta["normal_distance"]), meta["sam_variant"])
+        bank = MemoryBank(tensors["grids"], float(meta["normal_distance"]), meta["sam_variant"],
+                          int(meta["spatial_radius"]))
     except Exception as exc:
         raise BankError(f"localizer.bank={str(path)!r} is not a readable memory bank "
                         f"({type(exc).__name__}); delete it to rebuild from localizer.reference_dir") from None
     if bank.sam_variant != sam_variant:
         raise BankError(f"localizer.bank={str(path)!r} was built with sam.variant={bank.sam_variant}, "
                         f"not {sam_variant}; delete it to rebuild")
+    if bank.spatial_radius != spatial_radius:
+        # the calibration depends on the radius
+        raise BankError(f"localizer.bank={str(path)!r} was calibrated with localizer.spatial_radius="
+                        f"{bank.spatial_radius}, not {spatial_radius}; delete it to rebuild")
     return bank
 
 
@@ -135,9 +181,12 @@ class ReferenceLocalizer:
 
     def __call__(self, clip: ClipFeatures | None, sam: SamEmbedding,
                  image_size: tuple[int, int]) -> AnomalyEstimate:
-        rows, cols = sam.valid_cells()
-        bank = self.bank.patches.to(sam.features.device)
-        dist = knn_distance(cell_embeddings(sam), bank, self.cfg.knn).reshape(rows, cols)
+        bank = self.bank
+        if bank.grids.device != sam.features.device:
+            bank = self.bank = MemoryBank(bank.grids.to(sam.features.device), bank.normal_distance,
+                                          bank.sam_variant, bank.spatial_radius)
+        dist = distance_map(cell_grid(sam), bank, self.cfg.knn, self.cfg.spatial_radius,
+                            self.cfg.bank_max_patches)
         score = (dist / (self.bank.normal_distance * self.cfg.distance_scale)).clamp(0, 1)
         return AnomalyEstimate(anomaly_map=grid_to_frame(score.cpu().numpy(), sam, self.cfg.sigma),
                                image_score=float(score.max()))

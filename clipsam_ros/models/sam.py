@@ -110,7 +110,8 @@ class SamModel:
         self.device = device
         self.img_size = int(sam.image_encoder.img_size)
         self.transform = ResizeLongestSide(self.img_size)
-        self.encoder_calls = 0
+        self.encoder_calls = 0       # image-encoder forward passes
+        self.images_encoded = 0      # frames through the encoder (a batched pass counts each)
         self._autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
 
     def _autocast(self):
@@ -119,18 +120,29 @@ class SamModel:
             return nullcontext()
         return torch.autocast("cuda", dtype=self._autocast_dtype)
 
+    def _prepare(self, image_rgb: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Resize the long side to img_size, normalise, pad to the square: (1, 3, S, S)."""
+        resized = self.transform.apply_image(image_rgb)
+        x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None].float()
+        return self.sam.preprocess(x), tuple(resized.shape[:2])
+
     @torch.no_grad()
     def encode(self, image_rgb: np.ndarray) -> SamEmbedding:
         """Run the image encoder once on an RGB uint8 frame."""
-        h, w = image_rgb.shape[:2]
-        resized = self.transform.apply_image(image_rgb)
-        x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None].float()
-        x = self.sam.preprocess(x)
+        return self.encode_batch([image_rgb])[0]
+
+    @torch.no_grad()
+    def encode_batch(self, images_rgb: list[np.ndarray]) -> list[SamEmbedding]:
+        """One image-encoder pass for several frames (e.g. one per camera); sizes may differ,
+        since every frame is padded to the same square."""
+        prepared = [self._prepare(image) for image in images_rgb]
         with self._autocast():
-            features = self.sam.image_encoder(x)
+            features = self.sam.image_encoder(torch.cat([x for x, _ in prepared]))
         self.encoder_calls += 1
-        return SamEmbedding(features=features.float(), original_size=(h, w),
-                            input_size=tuple(resized.shape[:2]), img_size=self.img_size)
+        self.images_encoded += len(images_rgb)
+        return [SamEmbedding(features=features[i:i + 1].float(), original_size=image.shape[:2],
+                             input_size=size, img_size=self.img_size)
+                for i, (image, (_, size)) in enumerate(zip(images_rgb, prepared))]
 
     @torch.no_grad()
     def decode(
