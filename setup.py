@@ -45,6 +45,7 @@ setup(
     entry_points={
         "console_scripts": [
             "clipsam-ros = clipsam_ros.cli:main",
+            "clipsam_inspector = clipsam_ros.ros.node:main",
         ],
     },
 )

@@ -57,10 +57,20 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from .synth import generate_dataset
+    if not args.out and not args.bag:
+        raise ValueError("synth needs --out DIR (a dataset) or --bag OUT (a camera recording), or both")
+    if args.out:
+        from .synth import generate_dataset
 
-    summary = generate_dataset(args.out, n=args.n, seed=args.seed)
-    print(f"wrote {summary.n_images} images of {', '.join(summary.classes)} to {args.out}")
+        summary = generate_dataset(args.out, n=args.n, seed=args.seed, size=tuple(args.size))
+        print(f"wrote {summary.n_images} images of {', '.join(summary.classes)} to {args.out}")
+    if args.bag:
+        from .synth_bag import IMAGE_TOPIC, GT_TOPIC, write_synth_bag
+
+        bag = write_synth_bag(args.bag, n=args.n, product=args.product, seed=args.seed,
+                              size=tuple(args.size), storage=args.storage)
+        print(f"wrote {bag.frames} frames ({bag.defective} with a defect) of {args.product} to {bag.bag} "
+              f"({IMAGE_TOPIC}, ground truth {GT_TOPIC}) and normal parts to {bag.good_dir}")
     return 0
 
 
@@ -76,6 +86,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # its parser and sets `func`. Imported lazily so `--help` stays fast and a missing
 # optional dependency only affects its own subcommand.
 COMMAND_MODULES: list[str] = [
+    "clipsam_ros.ros.cli_node",
+    "clipsam_ros.cli_replay",
+    "clipsam_ros.eval.cli_eval",
+    "clipsam_ros.train",
+    "clipsam_ros.cli_bench",
 ]
 
 
@@ -90,10 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("synth", help="write a synthetic production-line dataset (MVTec-AD layout)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--n", type=int, default=8, help="images per folder (default 8)")
+    p = sub.add_parser("synth", help="write a synthetic production-line dataset (MVTec-AD layout) "
+                                     "and/or a synthetic camera bag")
+    p.add_argument("--out", help="dataset folder to write (MVTec-AD layout)")
+    p.add_argument("--bag", help="rosbag2 to write: frames on /camera/image_raw, ground truth on "
+                                 "/camera/defect_mask, normal parts in BAG_good/ (see docs/EVAL.md)")
+    p.add_argument("--n", type=int, default=8, help="images per folder / frames in the bag (default 8)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--product", default="metal", choices=["metal", "fabric", "washer"],
+                   help="--bag: the product on the line (default metal)")
+    p.add_argument("--size", type=int, nargs=2, default=(640, 480), metavar=("W", "H"),
+                   help="image / frame size (default 640 480)")
+    p.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"], help="--bag: storage (default mcap)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("demo", help="the offline demo: synth parts → reference bank → PPG+CPS → summary")

@@ -1,0 +1,157 @@
+"""`clipsam-ros bench`: where every millisecond of a frame goes.
+
+Runs the configured Inspector over synthetic frames (PNG-encoded up front, so
+`decode` is a real image decode) and reports per-stage p50/p95, frames/s and
+peak host and device memory. Random-init weights are fine for timing: the
+compute is the same.
+
+`--naive` runs the same prompts the way a per-call predictor implementation
+does (`SamPredictor.set_image` before every prompt call, one region at a time):
+the SAM image encoder again for every cascade stage and every region. Side by
+side with the default run it measures what reusing one embedding buys.
+"""
+from __future__ import annotations
+
+import copy
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .config import Config, flatten
+from .models.sam import DecoderOutput, SamModel
+from .synth import make_sample, sample_seed
+
+STAGES = ("decode", "clip_encoder", "sam_encoder", "localize", "ppg", "cps", "mmr", "fuse", "decide", "total")
+BENCH_PRODUCT = "metal"
+
+
+class PerCallPredictorSam:
+    """SAM used like a per-call predictor: the image encoder runs again before each region's
+    decoder call. Everything else is forwarded to the real `SamModel`."""
+
+    def __init__(self, sam: SamModel):
+        self.sam = sam
+        self._image: np.ndarray | None = None
+
+    def encode(self, image_rgb: np.ndarray):
+        self._image = image_rgb
+        return self.sam.encode(image_rgb)
+
+    def decode(self, embedding, points=None, labels=None, boxes=None, mask_input=None,
+               multimask=False) -> DecoderOutput:
+        rows = len(points) if points is not None else len(boxes)
+        outs = []
+        for b in range(rows):
+            fresh = self.sam.encode(self._image)                 # set_image, again
+            pick = (lambda a: None if a is None else a[b:b + 1])
+            outs.append(self.sam.decode(fresh, pick(points), pick(labels), pick(boxes), pick(mask_input),
+                                        multimask))
+        return DecoderOutput(logits=torch.cat([o.logits for o in outs]),
+                             low_res_logits=torch.cat([o.low_res_logits for o in outs]),
+                             iou_scores=torch.cat([o.iou_scores for o in outs]))
+
+    def __getattr__(self, name):
+        return getattr(self.sam, name)
+
+
+def bench_frames(count: int, size: tuple[int, int]) -> list[bytes]:
+    """PNG bytes of synthetic frames of one product, most with a defect, deterministic."""
+    from .synth import PRODUCTS
+
+    kinds = (None,) + PRODUCTS[BENCH_PRODUCT]
+    frames = []
+    for i in range(count):
+        rgb, _ = make_sample(BENCH_PRODUCT, kinds[i % len(kinds)], seed=1000 + i, size=size)
+        ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        frames.append(png.tobytes())
+    return frames
+
+
+def _reference_dir(cfg: Config, size: tuple[int, int], scratch: Path) -> None:
+    """Give the reference localizer good parts to build its bank from, when none are configured."""
+    if cfg.localizer.method != "reference" or cfg.localizer.reference_dir or cfg.localizer.bank:
+        return
+    for i in range(3):
+        rgb, _ = make_sample(BENCH_PRODUCT, None, sample_seed(0, BENCH_PRODUCT, "train/good", i), size=size)
+        cv2.imwrite(str(scratch / f"{i:03d}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    cfg.localizer.reference_dir = str(scratch)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else 0.0
+
+
+def run_bench(cfg: Config, frames: int = 20, warmup: int = 2, batch: int = 1, naive: bool = False,
+              size: tuple[int, int] = (640, 480)) -> dict:
+    from .localize.factory import build_localizer
+    from .models.sam import build_sam
+    from .pipeline import Inspector, resolve_device
+
+    if naive and batch > 1:
+        raise ValueError("--naive runs one frame at a time, as a per-call predictor does; drop --batch")
+    cfg = copy.deepcopy(cfg)
+    device = resolve_device(cfg.device)
+    with tempfile.TemporaryDirectory() as scratch:
+        _reference_dir(cfg, size, Path(scratch))
+        sam = build_sam(cfg, device)
+        localizer = build_localizer(cfg, sam, device, progress=False)
+    inspector = Inspector(cfg, PerCallPredictorSam(sam) if naive else sam, localizer, device)
+    data = bench_frames(warmup + frames, size)
+    per_stage: dict[str, list[float]] = {s: [] for s in STAGES}
+    calls = {"sam": 0, "clip": 0}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    wall_start = None
+    for i in range(0, len(data), batch):
+        if i == warmup:
+            wall_start = time.perf_counter()
+        chunk = data[i:i + batch]
+        start = time.perf_counter()
+        images = [cv2.cvtColor(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+                  for b in chunk]
+        decode_ms = (time.perf_counter() - start) * 1000.0 / len(chunk)
+        results = inspector.inspect_batch(images) if batch > 1 else [inspector.inspect(images[0])]
+        if i < warmup:
+            continue
+        for result in results:
+            if result.verdict == "error":
+                raise RuntimeError(f"bench frame failed: {result.error}")
+            per_stage["decode"].append(decode_ms)
+            for stage, ms in result.timings_ms.items():
+                per_stage.setdefault(stage, []).append(ms)
+            for k in calls:
+                calls[k] += result.encoder_calls.get(k, 0)
+    wall = time.perf_counter() - (wall_start or time.perf_counter())
+    measured = {s: v for s, v in per_stage.items() if v}
+    peak_device = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0
+    return {
+        "stages_ms": {s: round(percentile(v, 50), 2) for s, v in measured.items()},
+        "p95_ms": {s: round(percentile(v, 95), 2) for s, v in measured.items()},
+        "fps": round(frames / wall, 3) if wall > 0 else 0.0,
+        "frames": frames,
+        "batch": batch,
+        "naive": naive,
+        "frame_size": list(size),
+        "encoder_calls_per_frame": {k: round(v / frames, 2) for k, v in calls.items()},
+        "peak_host_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_device_mb": round(peak_device, 1),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "config": {k: v for k, v in flatten(cfg).items()
+                   if k.split(".")[0] in ("device", "precision", "clip", "sam", "localizer", "refiner")},
+    }
+
+
+def print_report(report: dict) -> None:
+    print(f"{'stage':<14}{'p50 ms':>10}{'p95 ms':>10}")
+    for stage, p50 in report["stages_ms"].items():
+        print(f"{stage:<14}{p50:>10.1f}{report['p95_ms'][stage]:>10.1f}")
+    print(f"{report['fps']:.2f} frames/s over {report['frames']} frames (batch {report['batch']}"
+          f"{', naive' if report['naive'] else ''}) on {report['device']}; "
+          f"encoder calls per frame {report['encoder_calls_per_frame']}; "
+          f"peak host {report['peak_host_mb']:.0f} MB, device {report['peak_device_mb']:.0f} MB")
