@@ -111,8 +111,10 @@ def run_soak(inspector, policy: str, frames: int, rate_hz: float = 50.0, domain_
     keep_all = QoSProfile(depth=frames + 10, history=HistoryPolicy.KEEP_LAST,
                           reliability=ReliabilityPolicy.RELIABLE)
     camera.create_subscription(String, f"/soak_{policy}/clipsam_inspector/verdict_json", on_verdict, keep_all)
-    pub = camera.create_publisher(Image, f"/soak_{policy}/image", QoSProfile(
-        depth=10, reliability=ReliabilityPolicy.RELIABLE if policy == "all" else ReliabilityPolicy.BEST_EFFORT))
+    # a triggered camera keeps every frame until it is acknowledged (KEEP_ALL + reliable)
+    camera_qos = (QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
+                  if policy == "all" else QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
+    pub = camera.create_publisher(Image, f"/soak_{policy}/image", camera_qos)
     if not _wait(lambda: pub.get_subscription_count() > 0 and node.pub_verdict_json.get_subscription_count() > 0,
                  30):
         raise RuntimeError("discovery on loopback did not complete")

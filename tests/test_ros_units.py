@@ -12,7 +12,7 @@ rclpy = pytest.importorskip("rclpy")
 
 from rcl_interfaces.msg import ParameterType  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.qos import ReliabilityPolicy  # noqa: E402
+from rclpy.qos import HistoryPolicy, ReliabilityPolicy  # noqa: E402
 
 from clipsam_ros.cli import build_parser  # noqa: E402
 from clipsam_ros.config import Config, InputConfig, flatten, read_params_file  # noqa: E402
@@ -134,7 +134,7 @@ def test_subscription_qos_follows_reliability_and_policy():
     assert image_subscription_qos(InputConfig()).reliability == ReliabilityPolicy.BEST_EFFORT
     triggered = InputConfig(reliability="reliable", queue_policy="all", queue_size=8)
     assert image_subscription_qos(triggered).reliability == ReliabilityPolicy.RELIABLE
-    assert image_subscription_qos(triggered).depth >= 8
+    assert image_subscription_qos(triggered).history == HistoryPolicy.KEEP_ALL   # no overwrite before the node sees it
     assert policy_warning(triggered) == ""
     assert "best_effort" in policy_warning(InputConfig(queue_policy="all"))
 

@@ -18,8 +18,12 @@ RESULT_OUT_DEPTH = 100     # verdict / reject / detections: a slow consumer shou
 
 def image_subscription_qos(inp: InputConfig) -> QoSProfile:
     reliability = ReliabilityPolicy.RELIABLE if inp.reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
-    depth = 5 if inp.queue_policy == "latest" else max(10, 2 * inp.queue_size)
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability,
+    if inp.queue_policy == "all":
+        # triggered cameras: with KEEP_LAST a reliable reader that falls behind overwrites
+        # frames before the node ever sees them; KEEP_ALL makes the writer wait instead
+        return QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=reliability,
+                          durability=DurabilityPolicy.VOLATILE)
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=reliability,
                       durability=DurabilityPolicy.VOLATILE)
 
 
