@@ -168,6 +168,7 @@ class ClipAdapterLocalizer:
     """
 
     uses_clip = True
+    heads_name = "adapter heads"          # for the mismatch message; subclasses name theirs
 
     def __init__(self, encoder: ClipEncoder, heads: nn.ModuleList, cfg: LocalizerConfig,
                  object_name: str = "object", *, templates: Sequence[str] = TEMPLATES,
@@ -175,7 +176,7 @@ class ClipAdapterLocalizer:
         if encoder.token_path != "residual":
             encoder = encoder.with_token_path("residual")
         if len(heads) != len(encoder.layers):
-            raise AdapterMismatchError(f"{len(heads)} adapter heads for clip.layers={encoder.layers}; "
+            raise AdapterMismatchError(f"{len(heads)} {self.heads_name} for clip.layers={encoder.layers}; "
                                        f"set clip.layers to the checkpoint's layers (localizer.checkpoint)")
         self.encoder = encoder
         self.heads = heads.to(encoder.device).eval().requires_grad_(False)
@@ -191,14 +192,20 @@ class ClipAdapterLocalizer:
         """Load `cfg.checkpoint` (localizer.checkpoint) for `encoder` and build the localizer."""
         if encoder.token_path != "residual":
             encoder = encoder.with_token_path("residual")
-        return cls(encoder, load_adapter(cfg.checkpoint, encoder), cfg, object_name, **kwargs)
+        return cls(encoder, cls.load_heads(cfg.checkpoint, encoder), cfg, object_name, **kwargs)
+
+    @staticmethod
+    def load_heads(path, encoder: ClipEncoder) -> nn.Module:
+        return load_adapter(path, encoder)
+
+    def probabilities(self, tokens: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
+        """(layers, Hp*Wp, 2) normal/abnormal probabilities from the heads."""
+        return head_probabilities(self.heads, tokens, self.text, self.cfg.temperature)
 
     @torch.no_grad()
     def grid_map(self, clip: ClipFeatures) -> torch.Tensor:
         """(Hp, Wp) abnormal probability averaged over layers, before upsampling."""
-        device = self.text.device
-        probs = head_probabilities(self.heads, [t.to(device) for t in clip.patch_tokens], self.text,
-                                   self.cfg.temperature)
+        probs = self.probabilities([t.to(self.text.device) for t in clip.patch_tokens], clip.grid)
         return probs[..., 1].mean(dim=0).reshape(clip.grid)
 
     @torch.no_grad()

@@ -60,12 +60,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import LocalizerConfig
-from ..features import AnomalyEstimate, ClipFeatures
 from ..models.clip import ClipEncoder
 from .clip_adapter import (ADAPTER_FORMAT, META_KEYS, AdapterError, AdapterMismatchError, AdapterMissingError,
-                           _differences, adapter_meta)
-from .clip_zero_shot import TEMPLATES, abnormal_probability, blend_score, finish_map, state_text_embeddings
+                           ClipAdapterLocalizer, _differences, adapter_meta)
 
 UMCI_FORMAT = "clipsam_ros.umci/1"
 FORMATS = {ADAPTER_FORMAT: "clip_adapter", UMCI_FORMAT: "umci"}
@@ -228,49 +225,18 @@ def load_umci(path: str | Path, encoder: ClipEncoder) -> UmciHeads:
     return heads.to(encoder.device).eval().requires_grad_(False)
 
 
-class UmciLocalizer:
+class UmciLocalizer(ClipAdapterLocalizer):
     """Anomaly map from trained UMCI heads on residual-path CLIP patch tokens.
 
-    The pipeline must encode frames with `self.encoder` (token_path "residual");
-    an encoder on the vv path is swapped for a residual view of the same model.
+    Everything but the heads is the adapter localizer's: the same encoder
+    handling, text embeddings (once), map finishing and image score.
     """
 
-    uses_clip = True
+    heads_name = "UMCI blocks"
 
-    def __init__(self, encoder: ClipEncoder, heads: UmciHeads, cfg: LocalizerConfig,
-                 object_name: str = "object", *, templates: Sequence[str] = TEMPLATES,
-                 score_map_weight: float = 0.5):
-        if encoder.token_path != "residual":
-            encoder = encoder.with_token_path("residual")
-        if len(heads) != len(encoder.layers):
-            raise AdapterMismatchError(f"{len(heads)} UMCI blocks for clip.layers={encoder.layers}; "
-                                       f"set clip.layers to the checkpoint's layers (localizer.checkpoint)")
-        self.encoder = encoder
-        self.heads = heads.to(encoder.device).eval().requires_grad_(False)
-        self.cfg = cfg
-        self.object_name = object_name
-        self.score_map_weight = float(score_map_weight)
-        self.text = state_text_embeddings(encoder, object_name, templates=templates)   # (2, D), once
-        self.text_encodes = 1
+    @staticmethod
+    def load_heads(path, encoder: ClipEncoder) -> nn.Module:
+        return load_umci(path, encoder)
 
-    @classmethod
-    def from_checkpoint(cls, encoder: ClipEncoder, cfg: LocalizerConfig, object_name: str = "object",
-                        **kwargs) -> "UmciLocalizer":
-        """Load `cfg.checkpoint` (localizer.checkpoint) for `encoder` and build the localizer."""
-        if encoder.token_path != "residual":
-            encoder = encoder.with_token_path("residual")
-        return cls(encoder, load_umci(cfg.checkpoint, encoder), cfg, object_name, **kwargs)
-
-    @torch.no_grad()
-    def grid_map(self, clip: ClipFeatures) -> torch.Tensor:
-        """(Hp, Wp) abnormal probability averaged over layers, before upsampling."""
-        device = self.text.device
-        probs = self.heads([t.to(device) for t in clip.patch_tokens], clip.grid, self.text, self.cfg.temperature)
-        return probs[..., 1].mean(dim=0).reshape(clip.grid)
-
-    @torch.no_grad()
-    def __call__(self, clip: ClipFeatures, sam, image_size: tuple[int, int]) -> AnomalyEstimate:
-        anomaly_map = finish_map(self.grid_map(clip), image_size, self.cfg.sigma)
-        p_cls = abnormal_probability(clip.image_embedding.to(self.text.device), self.text, self.cfg.temperature)
-        return AnomalyEstimate(anomaly_map=anomaly_map,
-                               image_score=blend_score(float(p_cls), anomaly_map, self.score_map_weight))
+    def probabilities(self, tokens: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
+        return self.heads(tokens, grid, self.text, self.cfg.temperature)
