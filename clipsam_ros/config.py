@@ -15,6 +15,7 @@ and what is allowed. No other module reads YAML or the environment.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -130,12 +131,30 @@ class InputConfig:
     queue_size: int = 8
     compressed: bool = False
     stall_timeout_s: float = 5.0         # no frame for this long: /diagnostics WARN (0 = off)
+    # several cameras on one node: one subscription per topic, outputs under ~/<camera>/
+    # (empty = the single topic `image`, outputs under ~/)
+    image_topics: list[str] = field(default_factory=list)
+    # with several cameras: how long the first frame of a batch waits for the other cameras'
+    batch_window_ms: float = 20.0
+
+
+@dataclass
+class RuntimeConfig:
+    # full frames run through the pipeline at start-up so the first real frame is not slow
+    warmup_frames: int = 1
+    # the GPU path (cuda only; on the cpu these change nothing): see README "Speed"
+    channels_last: bool = True           # NHWC memory for the encoders' convolutions
+    sdpa: bool = True                    # SAM ViT attention through scaled_dot_product_attention
+    cuda_streams: bool = True            # CLIP and SAM encoders on separate CUDA streams
+    pinned_memory: bool = True           # page-locked host buffers, non-blocking copies to the GPU
 
 
 @dataclass
 class Config:
     device: str = "auto"                 # auto | cpu | cuda
     precision: str = "fp32"              # fp32 | fp16 | bf16
+    compile: bool = False                # torch.compile the image encoders (slow first frames)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     sam: SamConfig = field(default_factory=SamConfig)
     weights: WeightsConfig = field(default_factory=WeightsConfig)
@@ -183,10 +202,12 @@ RANGES: dict[str, tuple[float, float]] = {
     "decision.min_defect_area_px": (0, 10_000_000),
     "input.queue_size": (1, 10_000),
     "input.stall_timeout_s": (0.0, 86_400.0),
+    "input.batch_window_ms": (0.0, 10_000.0),
+    "runtime.warmup_frames": (0, 100),
 }
 
 # keys whose change needs the models rebuilt (read-only on a running node)
-RELOAD_KEYS = ("device", "precision", "clip.", "sam.", "weights.", "localizer.method",
+RELOAD_KEYS = ("device", "precision", "compile", "runtime.", "clip.", "sam.", "weights.", "localizer.method",
                "localizer.checkpoint", "localizer.reference_dir", "localizer.bank", "localizer.spatial_radius",
                "localizer.bank_max_patches",
                "refiner.method", "input.")
@@ -194,6 +215,12 @@ RELOAD_KEYS = ("device", "precision", "clip.", "sam.", "weights.", "localizer.me
 DESCRIPTIONS: dict[str, str] = {
     "device": "compute device: auto picks cuda when available",
     "precision": "encoder precision on cuda (cpu always runs fp32)",
+    "compile": "torch.compile the image encoders (first frames slow while it compiles; warm-up absorbs them)",
+    "runtime.warmup_frames": "frames run through the whole pipeline at start-up (0 = none)",
+    "runtime.channels_last": "cuda: channels-last memory format for the encoders",
+    "runtime.sdpa": "SAM ViT attention via torch scaled_dot_product_attention (fused kernels on cuda)",
+    "runtime.cuda_streams": "cuda: run the CLIP and SAM encoders concurrently on separate streams",
+    "runtime.pinned_memory": "cuda: page-locked host buffers and non-blocking copies to the device",
     "clip.model": "open_clip model name",
     "clip.pretrained": "open_clip pretrained tag, a local weight file, or none (random init)",
     "clip.image_size": "CLIP input size in pixels; positional embedding is interpolated",
@@ -242,6 +269,8 @@ DESCRIPTIONS: dict[str, str] = {
     "input.queue_size": "queue length for queue_policy all",
     "input.compressed": "subscribe to sensor_msgs/CompressedImage",
     "input.stall_timeout_s": "no frame for this many seconds turns /diagnostics to WARN (0 = off)",
+    "input.image_topics": "several cameras: topics to inspect, outputs under ~/<camera>/ (empty = topic image)",
+    "input.batch_window_ms": "several cameras: wait this long for the other cameras' frames to batch them",
 }
 
 
@@ -283,8 +312,22 @@ def _field_type(cfg: Config, key: str) -> tuple[Any, str, type]:
     return obj, name, type(default)
 
 
-# list keys whose items are floats (other lists hold integers, e.g. clip.layers)
+# list keys whose items are floats or strings (other lists hold integers, e.g. clip.layers)
 FLOAT_LISTS = ("refiner.mmr_weights",)
+STRING_LISTS = ("input.image_topics",)
+
+# a ROS topic name, relative or absolute (no substitutions, no trailing slash)
+_TOPIC = re.compile(r"^/?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def camera_names(topics: list[str]) -> list[str]:
+    """The output namespace of each camera topic: its path without the last part
+    (`line1/cam0/image_raw` -> `line1_cam0`), or the topic itself when it has one part."""
+    names = []
+    for topic in topics:
+        parts = topic.strip("/").split("/")
+        names.append("_".join(parts[:-1] if len(parts) > 1 else parts))
+    return names
 
 
 def _coerce(key: str, raw: Any, kind: type) -> Any:
@@ -312,6 +355,12 @@ def _coerce(key: str, raw: Any, kind: type) -> Any:
             return float(raw)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}={raw!r} is not a number") from None
+    if kind is list and key in STRING_LISTS:
+        if isinstance(raw, str):
+            raw = yaml.safe_load(raw) if raw.strip().startswith("[") else [t for t in raw.split(",") if t.strip()]
+        if not isinstance(raw, (list, tuple)) or not all(isinstance(v, str) for v in raw):
+            raise ConfigError(f"{key}={raw!r} is not a list of names (e.g. [cam0/image_raw,cam1/image_raw])")
+        return [v.strip() for v in raw]
     if kind is list and key in FLOAT_LISTS:
         if isinstance(raw, str):
             raw = yaml.safe_load(raw) if raw.strip().startswith("[") else raw.split(",")
@@ -349,6 +398,16 @@ def _check(key: str, value: Any) -> None:
     if key == "refiner.mmr_weights" and (len(value) != 3 or min(value) < 0 or sum(value) <= 0):
         raise ConfigError(f"{key}={value!r} must be 3 non-negative weights, one per SAM mask level, "
                           f"not all zero (e.g. [0.25,0.25,0.5])")
+    if key == "input.image_topics":
+        bad = [t for t in value if not _TOPIC.match(t)]
+        if bad:
+            raise ConfigError(f"{key}: {bad[0]!r} is not a topic name (letters, digits, _ and /, "
+                              f"e.g. cam0/image_raw)")
+        names = camera_names(value)
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError(f"{key}={value!r}: two cameras would publish under ~/{twice[0]}/ "
+                              f"(the namespace is the topic without its last part); rename a topic")
     if key == "refiner.dilation_size" and value % 2 == 0:
         # an even kernel has no centre pixel: the ring would shift by half a pixel
         raise ConfigError(f"{key}={value!r} must be odd (e.g. 25)")

@@ -18,7 +18,8 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.parameter import Parameter
 
-from ..config import CHOICES, DESCRIPTIONS, RANGES, Config, ConfigError, flatten, needs_reload, set_value
+from ..config import (CHOICES, DESCRIPTIONS, RANGES, STRING_LISTS, Config, ConfigError, flatten, needs_reload,
+                      set_value)
 
 _TYPE_NAMES = {ParameterType.PARAMETER_BOOL: "bool", ParameterType.PARAMETER_INTEGER: "integer",
                ParameterType.PARAMETER_DOUBLE: "double", ParameterType.PARAMETER_STRING: "string",
@@ -53,8 +54,10 @@ def param_specs(cfg: Config | None = None) -> list[ParamSpec]:
     """One spec per config key, defaults taken from `cfg` (or the dataclass defaults)."""
     specs = []
     for name, value in flatten(cfg or Config()).items():
-        # the type rclpy itself infers from the default: lists of ints and of floats differ
-        kind = Parameter.Type.from_parameter_value(value).value
+        # the type rclpy itself infers from the default: lists of ints and of floats differ;
+        # an empty list infers as bytes, so string lists say what they are
+        kind = (Parameter.Type.STRING_ARRAY if name in STRING_LISTS
+                else Parameter.Type.from_parameter_value(value)).value
         notes = []
         if name in CHOICES:
             notes.append("one of: " + ", ".join(CHOICES[name]))
@@ -90,7 +93,8 @@ def plain(value: Any) -> Any:
 def overrides_from_config(cfg: Config, keys: list[str] | None = None) -> list[Parameter]:
     """Parameters carrying `cfg`'s values (all keys, or `keys`): for Node(parameter_overrides=...)."""
     values = flatten(cfg)
-    return [Parameter(k, value=values[k]) for k in (keys if keys is not None else values)]
+    return [Parameter(k, Parameter.Type.STRING_ARRAY, values[k]) if k in STRING_LISTS else Parameter(k, value=values[k])
+            for k in (keys if keys is not None else values)]
 
 
 def declare_config(node) -> Config:
@@ -101,14 +105,17 @@ def declare_config(node) -> Config:
     """
     cfg = Config()
     for spec in param_specs():
+        # an empty string list is declared by type alone: rclpy cannot type an empty default
+        default = Parameter.Type.STRING_ARRAY if spec.name in STRING_LISTS and not spec.default else spec.default
         try:
-            param = node.declare_parameter(spec.name, spec.default, descriptor(spec))
+            param = node.declare_parameter(spec.name, default, descriptor(spec))
         except InvalidParameterTypeException as exc:
             raise ConfigError(f"parameter {spec.name}: expected a {spec.type_name} "
                               f"({' '.join(str(exc).split())})") from None
         except InvalidParameterValueException as exc:
             raise ConfigError(f"parameter {spec.name}: {' '.join(str(exc).split())}") from None
-        set_value(cfg, spec.name, plain(param.value))
+        if param.type_ != Parameter.Type.NOT_SET:
+            set_value(cfg, spec.name, plain(param.value))
     return cfg
 
 
