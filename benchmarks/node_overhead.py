@@ -75,7 +75,7 @@ def measure(context, executor, inspector, size: tuple[int, int], frames: int) ->
     pub = client.create_publisher(Image, f"/{ns}/image", 10)
     executor.add_node(node)
     executor.add_node(client)
-    outputs = (node.pub_mask, node.pub_map, node.pub_overlay, node.pub_verdict_json, node.pub_reject)
+    outputs = (node.camera.mask, node.camera.anomaly_map, node.camera.overlay, node.camera.verdict_json, node.camera.reject)
     deadline = time.monotonic() + 20
     while not (pub.get_subscription_count() and all(p.get_subscription_count() for p in outputs)):
         if time.monotonic() > deadline:

@@ -115,7 +115,7 @@ def run_soak(inspector, policy: str, frames: int, rate_hz: float = 50.0, domain_
     camera_qos = (QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
                   if policy == "all" else QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
     pub = camera.create_publisher(Image, f"/soak_{policy}/image", camera_qos)
-    if not _wait(lambda: pub.get_subscription_count() > 0 and node.pub_verdict_json.get_subscription_count() > 0,
+    if not _wait(lambda: pub.get_subscription_count() > 0 and node.camera.verdict_json.get_subscription_count() > 0,
                  30):
         raise RuntimeError("discovery on loopback did not complete")
 

@@ -6,6 +6,7 @@ import copy
 import os
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -126,6 +127,7 @@ def build_offline_inspector(cfg, lite_sam, root: Path):
     generate_dataset(root, n=3, seed=0, size=FRAME_SIZE, classes=["metal"])
     cfg = copy.deepcopy(cfg)
     cfg.device = "cpu"
+    cfg.runtime.warmup_frames = 0    # node tests start many nodes; test_ros_cameras checks warm-up
     cfg.localizer.reference_dir = str(root / "metal" / "train" / "good")
     localizer = build_localizer(cfg, lite_sam, torch.device("cpu"), progress=False)
     return Inspector(cfg, lite_sam, localizer, torch.device("cpu"))
@@ -136,3 +138,40 @@ def sharing(inspector):
     from clipsam_ros.pipeline import Inspector
 
     return lambda cfg: Inspector(cfg, inspector.sam, inspector.localizer, inspector.device)
+
+
+def passed(rgb: np.ndarray):
+    """A clean pass for `rgb`, as the stand-in inspectors answer."""
+    from clipsam_ros.pipeline import InspectionResult
+
+    h, w = rgb.shape[:2]
+    return InspectionResult(verdict="pass", score=0.1, mask=np.zeros((h, w), np.uint8),
+                            anomaly_map=np.zeros((h, w), np.float32),
+                            pixel_scores=np.zeros((h, w), np.float32), defects=[], image_score=0.1,
+                            timings_ms={}, encoder_calls={"sam": 1, "clip": 0})
+
+
+@dataclass
+class SlowFakeInspector:
+    """Stands in for Inspector where only the timing matters: sleeps once per call
+    (one frame or one batch, like the encoders), then passes every frame."""
+    cfg: object                                    # the node's Config
+    seconds: float
+    device: str = "cpu"
+    clip_encoder: None = None
+    seen: list = field(default_factory=list)       # frame shapes inspected
+    batches: list = field(default_factory=list)    # frames per call
+    warm_ups: list = field(default_factory=list)   # (frames, batch) per warm_up call
+
+    def inspect(self, rgb: np.ndarray):
+        return self.inspect_batch([rgb])[0]
+
+    def inspect_batch(self, images: list[np.ndarray]) -> list:
+        self.seen.extend(rgb.shape for rgb in images)
+        self.batches.append(len(images))
+        time.sleep(self.seconds)
+        return [passed(rgb) for rgb in images]
+
+    def warm_up(self, frames: int | None = None, batch: int = 1) -> float:
+        self.warm_ups.append((frames, batch))
+        return 0.0

@@ -70,8 +70,8 @@ def start(ros, inspector, namespace, localizer=None, **settings):
     verdicts = ros.collect(String, f"/{namespace}/clipsam_inspector/verdict_json")
     rejects = ros.collect(Bool, f"/{namespace}/clipsam_inspector/reject")
     pub = ros.tester.create_publisher(Image, f"/{namespace}/image", 10)
-    wait_until(lambda: pub.get_subscription_count() > 0 and node.pub_verdict_json.get_subscription_count() > 0
-               and node.pub_reject.get_subscription_count() > 0, 10, "discovery on loopback")
+    wait_until(lambda: pub.get_subscription_count() > 0 and node.camera.verdict_json.get_subscription_count() > 0
+               and node.camera.reject.get_subscription_count() > 0, 10, "discovery on loopback")
     return node, pub, verdicts, rejects
 
 

@@ -72,8 +72,8 @@ def start_line(ros: RosHarness, inspector, namespace: str, **settings) -> Line:
     kind = CompressedImage if node.cfg.input.compressed else Image
     pub = ros.tester.create_publisher(kind, f"/{namespace}/image", 10)
     wait_until(lambda: pub.get_subscription_count() > 0 and all(
-        p.get_subscription_count() > 0 for p in (node.pub_mask, node.pub_map, node.pub_overlay,
-                                                  node.pub_verdict_json, node.pub_reject)),
+        p.get_subscription_count() > 0 for p in (node.camera.mask, node.camera.anomaly_map, node.camera.overlay,
+                                                  node.camera.verdict_json, node.camera.reject)),
         10, "publishers and subscriptions to match")
     return Line(node, pub, out)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -20,33 +19,13 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Bool, String  # noqa: E402
 
 from clipsam_ros.config import Config  # noqa: E402
-from clipsam_ros.pipeline import InspectionResult  # noqa: E402
 from clipsam_ros.ros.node import InspectorNode  # noqa: E402
 from clipsam_ros.ros.params import overrides_from_config  # noqa: E402
 
-from ros_helpers import RosHarness, image, wait_until  # noqa: E402
+from ros_helpers import RosHarness, SlowFakeInspector, image, wait_until  # noqa: E402
 
 DOMAIN_ID = 58
 FRAME = np.full((48, 64, 3), 128, np.uint8)
-
-
-@dataclass
-class SlowFakeInspector:
-    """Stands in for Inspector where only the timing matters: sleeps, then passes."""
-    cfg: Config
-    seconds: float
-    device: str = "cpu"
-    clip_encoder: None = None
-    seen: list = field(default_factory=list)
-
-    def inspect(self, rgb: np.ndarray) -> InspectionResult:
-        self.seen.append(rgb.shape)
-        time.sleep(self.seconds)
-        h, w = rgb.shape[:2]
-        return InspectionResult(verdict="pass", score=0.1, mask=np.zeros((h, w), np.uint8),
-                                anomaly_map=np.zeros((h, w), np.float32),
-                                pixel_scores=np.zeros((h, w), np.float32), defects=[], image_score=0.1,
-                                timings_ms={}, encoder_calls={"sam": 1, "clip": 0})
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +46,8 @@ def start(ros, namespace: str, seconds: float, **settings):
     verdicts = ros.collect(String, f"/{namespace}/clipsam_inspector/verdict_json", depth=1000)
     rejects = ros.collect(Bool, f"/{namespace}/clipsam_inspector/reject", depth=1000)
     pub = ros.tester.create_publisher(Image, f"/{namespace}/image", 100)
-    wait_until(lambda: pub.get_subscription_count() > 0 and node.pub_verdict_json.get_subscription_count() > 0
-               and node.pub_reject.get_subscription_count() > 0, 10, "matching")
+    wait_until(lambda: pub.get_subscription_count() > 0 and node.camera.verdict_json.get_subscription_count() > 0
+               and node.camera.reject.get_subscription_count() > 0, 10, "matching")
     return node, pub, verdicts, rejects
 
 

@@ -28,8 +28,8 @@ from clipsam_ros.ros.stats import FrameStats  # noqa: E402
 from ros_helpers import header  # noqa: E402
 
 
-def frame(seq: int) -> Frame:
-    return Frame(msg=None, received=0.0, seq=seq)
+def frame(seq: int, camera: int = 0) -> Frame:
+    return Frame(msg=None, received=0.0, seq=seq, camera=camera)
 
 
 def test_latest_queue_replaces_the_waiting_frame_and_hands_it_back():
@@ -59,6 +59,41 @@ def test_closing_wakes_the_consumer_and_returns_what_waited():
     q.offer(frame(2))
     assert [f.seq for f in q.close()] == [2]
     assert q.get() is None and not q.offer(frame(3)).accepted
+
+
+def test_each_camera_has_its_own_latest_line():
+    q = FrameQueue("latest", size=1, cameras=2)
+    assert q.offer(frame(1, camera=0)).dropped is None
+    assert q.offer(frame(2, camera=1)).dropped is None     # the other camera's frame survives
+    assert q.offer(frame(3, camera=0)).dropped.seq == 1    # only its own camera's older frame goes
+    assert [f.seq for f in q.get_batch(0.0)] == [3, 2] and len(q) == 0
+
+
+def test_a_batch_waits_the_window_for_the_missing_camera():
+    q = FrameQueue("all", size=4, cameras=2)
+    q.offer(frame(1, camera=0))
+    late = threading.Timer(0.1, lambda: q.offer(frame(2, camera=1)))
+    late.start()
+    t0 = time.monotonic()
+    batch = q.get_batch(window_s=2.0)
+    waited = time.monotonic() - t0
+    assert [(f.seq, f.camera) for f in batch] == [(1, 0), (2, 1)]
+    assert waited < 1.5                       # it returned when the last camera arrived, not at the deadline
+    q.offer(frame(3, camera=0))
+    q.offer(frame(4, camera=0))
+    t0 = time.monotonic()
+    assert [f.seq for f in q.get_batch(window_s=0.2)] == [3]   # one per camera: 4 waits for the next batch
+    assert time.monotonic() - t0 >= 0.15                        # camera 1 got its window
+    assert [f.seq for f in q.get_batch(window_s=0.0)] == [4]
+
+
+def test_closing_a_multi_camera_queue_returns_every_waiting_frame_in_arrival_order():
+    q = FrameQueue("all", size=4, cameras=3)
+    for seq, camera in ((1, 2), (2, 0), (3, 2), (4, 1)):
+        q.offer(frame(seq, camera))
+    assert q.get(timeout=0).seq == 1              # get() takes the oldest of any camera
+    assert [f.seq for f in q.close()] == [2, 3, 4]
+    assert q.get_batch(1.0) is None
 
 
 def test_accounting_is_exact_and_latency_is_measured():
@@ -156,7 +191,11 @@ def test_node_subcommand_takes_config_set_and_ros_args():
 
 def test_node_overrides_from_a_file_are_complete_and_set_only_its_keys():
     full = {p.name: p.value for p in config_overrides(str(config_path("offline.yaml")), ["device=cpu"])}
-    assert set(full) == set(flatten(Config())) and full["device"] == "cpu"
+    # every key, but an empty string list, which rclpy cannot type (its default is empty too)
+    assert set(full) == set(flatten(Config())) - {"input.image_topics"} and full["device"] == "cpu"
+    cameras = {p.name: p for p in config_overrides(None, ["input.image_topics=[a/image,b/image]"])}
+    assert cameras["input.image_topics"].type_ == Parameter.Type.STRING_ARRAY
+    assert cameras["input.image_topics"].value == ["a/image", "b/image"]
     assert full["sam.variant"] == "lite_medsam" and full["refiner.box_margin_px"] == 15.0
     only = config_overrides(None, ["refiner.threshold=0.6"])
     assert [(p.name, p.value) for p in only] == [("refiner.threshold", 0.6)]

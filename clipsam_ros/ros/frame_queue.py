@@ -4,7 +4,12 @@
 and the replaced frame is handed back so it can be counted as dropped.
 `all` (triggered cameras) holds up to `size` frames in arrival order: a frame that
 does not fit is refused, so the caller can answer it with an "error" verdict at
-once instead of letting it vanish. No rclpy in here.
+once instead of letting it vanish.
+
+With several cameras each has its own line of that kind, so a fast camera never
+pushes out a slow one's frame; `get_batch` hands the consumer the oldest frame of
+every camera that has one, waiting a short window for the cameras still missing
+so frames that arrive together are encoded together. No rclpy in here.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ class Frame:
     msg: Any               # sensor_msgs/Image or CompressedImage, as received
     received: float        # time.monotonic() when the subscription callback ran
     seq: int               # arrival number, 1-based
+    camera: int = 0        # index into input.image_topics (0 with a single camera)
     answered: bool = False # its one verdict has been counted
 
 
@@ -32,50 +38,78 @@ class Offer:
 
 
 class FrameQueue:
-    def __init__(self, policy: str, size: int):
+    def __init__(self, policy: str, size: int, cameras: int = 1):
         if policy not in POLICIES:
             raise ValueError(f"queue policy {policy!r} is not one of: {', '.join(POLICIES)}")
         if size < 1:
             raise ValueError(f"queue size {size} must be at least 1")
+        if cameras < 1:
+            raise ValueError(f"cameras {cameras} must be at least 1")
         self.policy = policy
-        self.capacity = 1 if policy == "latest" else size
-        self._items: deque[Frame] = deque()
+        self.capacity = 1 if policy == "latest" else size     # per camera
+        self._lines: list[deque[Frame]] = [deque() for _ in range(cameras)]
         self._cond = threading.Condition()
         self._closed = False
 
     def offer(self, frame: Frame) -> Offer:
-        """Queue `frame`; never blocks. A closed queue refuses everything."""
+        """Queue `frame` on its camera's line; never blocks. A closed queue refuses everything."""
         with self._cond:
             if self._closed:
                 return Offer(accepted=False)
+            line = self._lines[frame.camera]
             dropped = None
-            if len(self._items) >= self.capacity:
+            if len(line) >= self.capacity:
                 if self.policy == "all":
                     return Offer(accepted=False)
-                dropped = self._items.popleft()
-            self._items.append(frame)
+                dropped = line.popleft()
+            line.append(frame)
             self._cond.notify()
             return Offer(accepted=True, dropped=dropped)
 
     def get(self, timeout: float | None = None) -> Frame | None:
-        """The oldest waiting frame; None when closed, or when `timeout` seconds pass."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """The oldest waiting frame of any camera; None when closed, or when `timeout` seconds pass."""
         with self._cond:
-            while not self._items:
-                if self._closed:
-                    return None
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return None
+            if not self._wait_any(timeout):
+                return None
+            return min((line for line in self._lines if line), key=lambda line: line[0].seq).popleft()
+
+    def get_batch(self, window_s: float, timeout: float | None = None) -> list[Frame] | None:
+        """The oldest waiting frame of each camera that has one, in camera order.
+
+        Once a first frame waits, the other cameras get up to `window_s` seconds to
+        deliver theirs. None when closed, or when `timeout` passes with nothing.
+        """
+        with self._cond:
+            if not self._wait_any(timeout):
+                return None
+            deadline = time.monotonic() + window_s
+            while not all(self._lines) and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
                 self._cond.wait(remaining)
-            return self._items.popleft()
+            batch = [line.popleft() for line in self._lines if line]
+            return batch or None        # closed during the window: close() handed them back
+
+    def _wait_any(self, timeout: float | None) -> bool:
+        """Under the lock: wait until a frame waits (True) or the queue closes or times out."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not any(self._lines):
+            if self._closed:
+                return False
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            self._cond.wait(remaining)
+        return True
 
     def close(self) -> list[Frame]:
         """Refuse new frames, wake the consumer, and hand back the frames still waiting."""
         with self._cond:
             self._closed = True
-            pending = list(self._items)
-            self._items.clear()
+            pending = sorted((f for line in self._lines for f in line), key=lambda f: f.seq)
+            for line in self._lines:
+                line.clear()
             self._cond.notify_all()
             return pending
 
@@ -85,4 +119,4 @@ class FrameQueue:
 
     def __len__(self) -> int:
         with self._cond:
-            return len(self._items)
+            return sum(len(line) for line in self._lines)

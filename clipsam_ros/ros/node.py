@@ -1,9 +1,14 @@
 """The ROS 2 node `clipsam_inspector`: camera frames in, masks and fail-safe verdicts out.
 
 Threads: the executor thread only counts each arriving frame and puts it in a
-FrameQueue (policy `latest` or `all`); one inference thread takes frames from
-it, decodes, inspects, publishes. So a slow frame never blocks the subscription,
-the parameter services or the 1 Hz /diagnostics timer.
+FrameQueue (policy `latest` or `all`, one line per camera); one inference thread
+takes frames from it, decodes, inspects, publishes. So a slow frame never blocks
+the subscription, the parameter services or the 1 Hz /diagnostics timer.
+
+Several cameras (`input.image_topics`): the inference thread takes the waiting
+frame of every camera at once (waiting `input.batch_window_ms` for the ones still
+missing) and runs the encoders once for the whole batch; each camera's results go
+to its own `~/<camera>/` outputs (see cameras.py).
 
 Every received frame ends in exactly one verdict, or is counted as dropped by the
 `latest` policy. A frame that could not be inspected (queue full under `all`,
@@ -42,10 +47,11 @@ from std_msgs.msg import Bool, String
 from ..config import NODE_NAME, Config, load, set_value
 from ..image_codec import ImageDecodeError, compressed_to_rgb, image_to_rgb
 from ..visualize import render_overlay
+from .cameras import Camera, create_cameras
 from .frame_queue import Frame, FrameQueue
 from .messages import diagnostic_array, diagnostic_level, diagnostic_values, image_msg, verdict_json
 from .params import check_change, config_keys, declare_config, overrides_from_config, plain
-from .qos import IMAGE_OUT_DEPTH, RESULT_OUT_DEPTH, image_subscription_qos, output_qos, policy_warning
+from .qos import image_subscription_qos, policy_warning
 from .stats import FrameStats
 from .vision_msgs_builder import classification, detection_array, load_vision_types
 
@@ -127,51 +133,69 @@ class InspectorNode(Node):
         if self.vision is None:
             self.get_logger().warning("vision_msgs is not installed: ~/detections and ~/verdict are not "
                                       "published; ~/verdict_json and ~/reject carry the verdict")
-        images, results = output_qos(IMAGE_OUT_DEPTH), output_qos(RESULT_OUT_DEPTH)
-        self.pub_mask = self.create_publisher(Image, "~/mask", images)
-        self.pub_map = self.create_publisher(Image, "~/anomaly_map", images)
-        self.pub_overlay = self.create_publisher(Image, "~/overlay", images)
-        self.pub_detections = self.pub_verdict = None
-        if self.vision is not None:
-            self.pub_detections = self.create_publisher(self.vision.Detection2DArray, "~/detections", results)
-            self.pub_verdict = self.create_publisher(self.vision.Classification, "~/verdict", results)
-        self.pub_verdict_json = self.create_publisher(String, "~/verdict_json", results)
-        self.pub_reject = self.create_publisher(Bool, "~/reject", results)
+        self.cameras: list[Camera] = create_cameras(self, self.cfg.input, self.vision)
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
         inp = self.cfg.input
-        self.queue = FrameQueue(inp.queue_policy, inp.queue_size)
+        self.queue = FrameQueue(inp.queue_policy, inp.queue_size, cameras=len(self.cameras))
         self.stats = FrameStats()
         self._throttle = Throttle()
         self._decode = compressed_to_rgb if inp.compressed else image_to_rgb
         self._closed = False
         self._previous = None
+        self._warm_up()
         self._worker = threading.Thread(target=self._work, name="clipsam_inference", daemon=True)
         self._worker.start()
-        self.subscription = self._subscribe(CompressedImage if inp.compressed else Image,
-                                            image_subscription_qos(inp))
+        for camera in self.cameras:
+            camera.subscription = self._subscribe(camera, CompressedImage if inp.compressed else Image,
+                                                  image_subscription_qos(inp))
         # a steady clock: diagnostics keep their 1 Hz while sim time is paused or replayed fast
         self.create_timer(1.0, self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME))
         if policy_warning(inp):
             self.get_logger().warning(policy_warning(inp))
         self.get_logger().info(
-            f"ready: inspecting {self.subscription.topic_name} "
+            f"ready: inspecting {self._topic_names()} "
             f"({'CompressedImage' if inp.compressed else 'Image'}, {inp.reliability}, "
             f"queue_policy {inp.queue_policy}) on {self.inspector.device}")
 
-    def _subscribe(self, msg_type, qos):
-        """The `image` subscription, counting what the middleware reports lost where it can."""
-        events = SubscriptionEventCallbacks(message_lost=lambda info: self.stats.lost(info.total_count_change))
+    @property
+    def camera(self) -> Camera:
+        """The first (with one camera: the only) camera's topics and publishers."""
+        return self.cameras[0]
+
+    def _topic_names(self) -> str:
+        return ", ".join(camera.subscription.topic_name for camera in self.cameras)
+
+    def _warm_up(self) -> None:
+        """Run the configured warm-up frames (one batch per camera count) before subscribing,
+        so the first real part is not the slow one. A failure is logged, not fatal: real
+        frames then show whether the models work, each with a verdict."""
+        frames = self.cfg.runtime.warmup_frames
+        if frames <= 0:
+            return
         try:
-            return self.create_subscription(msg_type, "image", self._on_image, qos, event_callbacks=events)
+            seconds = self.inspector.warm_up(frames, batch=len(self.cameras))
+        except Exception as exc:  # noqa: BLE001 - start-up must report, not die, on a warm-up problem
+            self.get_logger().error(f"warm-up failed: {type(exc).__name__}: {' '.join(str(exc).split())}")
+            return
+        self.get_logger().info(f"warm-up: {frames} frame(s) x {len(self.cameras)} camera(s) in {seconds:.1f} s")
+
+    def _subscribe(self, camera: Camera, msg_type, qos):
+        """One camera's subscription, counting what the middleware reports lost where it can."""
+        events = SubscriptionEventCallbacks(message_lost=lambda info: self.stats.lost(info.total_count_change))
+
+        def on_image(msg, index=camera.index):
+            self._on_image(msg, index)
+        try:
+            return self.create_subscription(msg_type, camera.topic, on_image, qos, event_callbacks=events)
         except UnsupportedEventTypeError:
-            return self.create_subscription(msg_type, "image", self._on_image, qos)
+            return self.create_subscription(msg_type, camera.topic, on_image, qos)
 
     # ------------------------------------------------------------ executor thread
 
-    def _on_image(self, msg) -> None:
+    def _on_image(self, msg, camera: int = 0) -> None:
         now = time.monotonic()
-        frame = Frame(msg=msg, received=now, seq=self.stats.received(now))
+        frame = Frame(msg=msg, received=now, seq=self.stats.received(now), camera=camera)
         offer = self.queue.offer(frame)
         if offer.dropped is not None:
             self.stats.dropped()
@@ -198,7 +222,7 @@ class InspectorNode(Node):
         snap = self.stats.snapshot()
         level, message = diagnostic_level(self._previous, snap, self._worker.is_alive() or self._closed,
                                           stall_timeout_s=self.cfg.input.stall_timeout_s,
-                                          topic=self.subscription.topic_name)
+                                          topic=self._topic_names())
         self._previous = snap
         values = diagnostic_values(snap, len(self.queue), self.queue.capacity, self._about())
         self.pub_diagnostics.publish(diagnostic_array(
@@ -217,21 +241,24 @@ class InspectorNode(Node):
             "clip_model": cfg.clip.model if self.inspector.clip_encoder is not None else "unused",
             "refiner": cfg.refiner.method,
             "vision_msgs": "yes" if self.vision is not None else "missing",
+            "cameras": self._topic_names(),
         }
 
     # ------------------------------------------------------------ inference thread
 
     def _work(self) -> None:
+        window_s = self.cfg.input.batch_window_ms / 1000.0 if len(self.cameras) > 1 else 0.0
         while True:
-            frame = self.queue.get()
-            if frame is None:
+            frames = self.queue.get_batch(window_s)
+            if frames is None:
                 return
             try:
-                self._process(frame)
+                self._process(frames)
             except Exception as exc:  # a bug here must not cost a frame its verdict, nor stop the thread
-                self.get_logger().error(f"frame {frame.seq}: {type(exc).__name__}: {exc}")
-                if not frame.answered:
-                    self._answer_error(frame, "inference", f"{type(exc).__name__}: {exc}")
+                self.get_logger().error(f"frames {[f.seq for f in frames]}: {type(exc).__name__}: {exc}")
+                for frame in frames:
+                    if not frame.answered:
+                        self._answer_error(frame, "inference", f"{type(exc).__name__}: {exc}")
 
     def _apply_pending(self) -> None:
         with self._cfg_lock:
@@ -240,47 +267,61 @@ class InspectorNode(Node):
                 self.get_logger().info(f"{name} = {plain(value)!r}")
             self._pending.clear()
 
-    def _process(self, frame: Frame) -> None:
+    def _process(self, frames: list[Frame]) -> None:
+        """Decode each frame, inspect the decodable ones as one batch, publish per camera."""
         t0 = time.perf_counter()
-        rgb, why = decode_frame(self._decode, frame.msg)
-        if rgb is None:
-            self._answer_error(frame, "decode", why)
+        decoded: list[tuple[Frame, np.ndarray]] = []
+        for frame in frames:
+            rgb, why = decode_frame(self._decode, frame.msg)
+            if rgb is None:
+                self._answer_error(frame, "decode", why)
+            else:
+                decoded.append((frame, rgb))
+        if not decoded:
             return
         t1 = time.perf_counter()
         self.stats.stage("decode", (t1 - t0) * 1000.0)
         self._apply_pending()
-        result = self.inspector.inspect(rgb)
+        images = [rgb for _, rgb in decoded]
+        # one camera keeps the plain per-frame call; a batch shares one pass of each encoder
+        results = [self.inspector.inspect(images[0])] if len(images) == 1 else self.inspector.inspect_batch(images)
         t2 = time.perf_counter()
         self.stats.stage("inference", (t2 - t1) * 1000.0)
+        for (frame, rgb), result in zip(decoded, results):
+            self._publish_frame(frame, rgb, result)
+        self.stats.stage("publish", (time.perf_counter() - t2) * 1000.0)
+
+    def _publish_frame(self, frame: Frame, rgb: np.ndarray, result: InspectionResult) -> None:
         if result.verdict == "error":
             self._answer_error(frame, "inference", result.error, rgb)
             return
+        camera = self.cameras[frame.camera]
         try:
-            self._publish_result(frame.msg.header, rgb, result)
+            self._publish_result(camera, frame.msg.header, rgb, result)
         except Exception as exc:
             self._answer_error(frame, "publish", f"{type(exc).__name__}: {exc}")
             return
-        self._publish_verdict(frame.msg.header, result.verdict, result.score, result.defects)
-        self.stats.stage("publish", (time.perf_counter() - t2) * 1000.0)
+        self._publish_verdict(camera, frame.msg.header, result.verdict, result.score, result.defects)
         self._count(frame, result.verdict)
 
-    def _publish_result(self, header, rgb, result: InspectionResult) -> None:
-        if self.pub_mask.get_subscription_count():
-            self.pub_mask.publish(image_msg(Image, header, result.mask, "mono8"))
-        if self.pub_map.get_subscription_count():
-            self.pub_map.publish(image_msg(Image, header, result.anomaly_map, "32FC1"))
-        if self.pub_overlay.get_subscription_count():
+    def _publish_result(self, camera: Camera, header, rgb, result: InspectionResult) -> None:
+        if camera.mask.get_subscription_count():
+            camera.mask.publish(image_msg(Image, header, result.mask, "mono8"))
+        if camera.anomaly_map.get_subscription_count():
+            camera.anomaly_map.publish(image_msg(Image, header, result.anomaly_map, "32FC1"))
+        if camera.overlay.get_subscription_count():
             overlay = render_overlay(rgb, result.mask, result.defects, result.verdict, result.score)
             # render_overlay gives BGR; rgb_to_image_fields wants RGB and writes bgr8 itself
-            self.pub_overlay.publish(image_msg(Image, header, overlay[:, :, ::-1], "bgr8"))
-        if self.pub_detections is not None:
-            self.pub_detections.publish(detection_array(self.vision, header, result.defects))
+            camera.overlay.publish(image_msg(Image, header, overlay[:, :, ::-1], "bgr8"))
+        if camera.detections is not None:
+            camera.detections.publish(detection_array(self.vision, header, result.defects))
 
-    def _publish_verdict(self, header, verdict: str, score: float, defects=(), error: str = "") -> None:
-        if self.pub_verdict is not None:
-            self.pub_verdict.publish(classification(self.vision, header, verdict, score))
-        self.pub_verdict_json.publish(String(data=verdict_json(header, verdict, score, defects, error)))
-        self.pub_reject.publish(Bool(data=verdict != "pass"))
+    def _publish_verdict(self, camera: Camera, header, verdict: str, score: float, defects=(),
+                         error: str = "") -> None:
+        if camera.verdict is not None:
+            camera.verdict.publish(classification(self.vision, header, verdict, score))
+        camera.verdict_json.publish(String(data=verdict_json(header, verdict, score, defects, error)))
+        camera.reject.publish(Bool(data=verdict != "pass"))
 
     # ------------------------------------------------------------ either thread
 
@@ -291,17 +332,19 @@ class InspectorNode(Node):
     def _answer_error(self, frame: Frame, kind: str, error: str, rgb=None) -> None:
         """The fail-safe answer: verdict "error", reject true, one throttled log line per kind."""
         header = frame.msg.header
+        camera = self.cameras[frame.camera]
         held = self._throttle(kind, time.monotonic())
         if held is not None:
             more = f" ({held} more since the last such line)" if held else ""
+            source = f"camera '{camera.name}' " if camera.name else ""
             self.get_logger().warning(
-                f"frame {frame.seq} (stamp {header.stamp.sec}.{header.stamp.nanosec:09d}, frame_id "
+                f"{source}frame {frame.seq} (stamp {header.stamp.sec}.{header.stamp.nanosec:09d}, frame_id "
                 f"'{header.frame_id}'): {kind}: {error}; verdict error, reject{more}")
         try:
-            if rgb is not None and self.pub_overlay.get_subscription_count():
+            if rgb is not None and camera.overlay.get_subscription_count():
                 overlay = render_overlay(rgb, np.zeros(rgb.shape[:2], np.uint8), [], "error", 1.0)
-                self.pub_overlay.publish(image_msg(Image, header, overlay[:, :, ::-1], "bgr8"))
-            self._publish_verdict(header, "error", 1.0, error=error)
+                camera.overlay.publish(image_msg(Image, header, overlay[:, :, ::-1], "bgr8"))
+            self._publish_verdict(camera, header, "error", 1.0, error=error)
         finally:
             self._count(frame, "error", kind, error)
 

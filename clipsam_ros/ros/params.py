@@ -93,8 +93,15 @@ def plain(value: Any) -> Any:
 def overrides_from_config(cfg: Config, keys: list[str] | None = None) -> list[Parameter]:
     """Parameters carrying `cfg`'s values (all keys, or `keys`): for Node(parameter_overrides=...)."""
     values = flatten(cfg)
-    return [Parameter(k, Parameter.Type.STRING_ARRAY, values[k]) if k in STRING_LISTS else Parameter(k, value=values[k])
-            for k in (keys if keys is not None else values)]
+    out = []
+    for k in (keys if keys is not None else values):
+        if k in STRING_LISTS:
+            # rclpy types an empty list as bytes and refuses it; empty is the default anyway
+            if values[k]:
+                out.append(Parameter(k, Parameter.Type.STRING_ARRAY, values[k]))
+        else:
+            out.append(Parameter(k, value=values[k]))
+    return out
 
 
 def declare_config(node) -> Config:

@@ -1,0 +1,167 @@
+"""Several cameras on one node (`input.image_topics`): one subscription per camera,
+frames that arrive together inspected as one batch, each camera's results on its
+own `~/<camera>/` outputs. Real rclpy on loopback, DDS domain 61.
+
+The first tests use a timing-only stand-in for the Inspector (the batching is what
+they check); the last ones run the real Inspector (LiteMedSAM + reference bank) and
+count its encoder passes.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import Bool, String  # noqa: E402
+
+from clipsam_ros.config import Config  # noqa: E402
+from clipsam_ros.ros.node import InspectorNode  # noqa: E402
+from clipsam_ros.ros.params import overrides_from_config  # noqa: E402
+from clipsam_ros.synth import make_sample  # noqa: E402
+
+from ros_helpers import (FRAME_SIZE, RosHarness, SlowFakeInspector, build_offline_inspector, image,  # noqa: E402
+                         pixels, raw_image, sharing, wait_until)
+
+DOMAIN_ID = 61
+TOPICS = ["cam_left/image_raw", "cam_right/image_raw"]
+FRAME = np.full((48, 64, 3), 128, np.uint8)
+
+
+@pytest.fixture(scope="module")
+def ros():
+    harness = RosHarness(DOMAIN_ID)
+    yield harness
+    harness.close()
+
+
+def start(ros, namespace: str, factory, cfg: Config, **settings):
+    """A two-camera node; returns it, the two camera publishers and each camera's verdicts."""
+    settings = {"input.image_topics": TOPICS, "input.batch_window_ms": 2000.0, "input.queue_policy": "all",
+                "input.reliability": "reliable", **settings}
+    overrides = overrides_from_config(cfg) + [
+        Parameter(k, Parameter.Type.STRING_ARRAY, v) if isinstance(v, list) else Parameter(k, value=v)
+        for k, v in settings.items()]
+    node = ros.add(InspectorNode(factory, namespace=namespace, parameter_overrides=overrides, context=ros.context))
+    verdicts = {cam: ros.collect(String, f"/{namespace}/clipsam_inspector/{cam}/verdict_json")
+                for cam in ("cam_left", "cam_right")}
+    pubs = [ros.tester.create_publisher(Image, f"/{namespace}/{topic}", 10) for topic in TOPICS]
+    wait_until(lambda: all(p.get_subscription_count() > 0 for p in pubs) and all(
+        c.verdict_json.get_subscription_count() > 0 for c in node.cameras), 10, "matching")
+    return node, pubs, verdicts
+
+
+def stamps(messages) -> list[tuple[int, str]]:
+    return [(v["header"]["sec"], v["verdict"]) for v in (json.loads(m.data) for m in messages)]
+
+
+def test_frames_arriving_together_are_one_batch_answered_per_camera(ros):
+    fakes = []
+
+    def factory(cfg):
+        fakes.append(SlowFakeInspector(cfg, 0.2))
+        return fakes[-1]
+    node, (left, right), verdicts = start(ros, "two", factory, Config())
+    try:
+        (fake,) = fakes
+        assert [c.subscription.topic_name for c in node.cameras] == [f"/two/{t}" for t in TOPICS]
+        assert fake.warm_ups == [(1, 2)]             # warmed at start-up with the two-camera batch shape
+        assert fake.batches == []                    # and before any frame
+        left.publish(image(FRAME, 1))
+        right.publish(image(FRAME, 2))
+        wait_until(lambda: verdicts["cam_left"] and verdicts["cam_right"], 20, "both verdicts")
+        assert fake.batches == [2]
+        assert stamps(verdicts["cam_left"]) == [(1, "pass")] and stamps(verdicts["cam_right"]) == [(2, "pass")]
+
+        # a malformed frame on one camera is that camera's error; the other is still inspected
+        right.publish(raw_image(4, data=b"\0" * 40))
+        left.publish(image(FRAME, 3))
+        wait_until(lambda: len(verdicts["cam_left"]) == 2 and len(verdicts["cam_right"]) == 2, 20, "verdicts")
+        assert stamps(verdicts["cam_left"])[1] == (3, "pass")
+        assert stamps(verdicts["cam_right"])[1] == (4, "error")
+        assert fake.batches == [2, 1]
+        snap = node.stats.snapshot()
+        assert snap.received == snap.answered == 4 and snap.errors["decode"] == 1
+    finally:
+        ros.remove(node)
+
+
+def test_a_lone_camera_does_not_wait_past_the_window(ros):
+    fakes = []
+
+    def factory(cfg):
+        fakes.append(SlowFakeInspector(cfg, 0.0))
+        return fakes[-1]
+    node, (left, _), verdicts = start(ros, "alone", factory, Config(), **{"input.batch_window_ms": 300.0})
+    try:
+        t0 = time.monotonic()
+        left.publish(image(FRAME, 7))
+        wait_until(lambda: verdicts["cam_left"], 10, "the verdict")
+        assert time.monotonic() - t0 >= 0.25          # it gave cam_right its window...
+        assert fakes[0].batches == [1] and not verdicts["cam_right"]   # ...then went alone
+    finally:
+        ros.remove(node)
+
+
+def test_diagnostics_name_every_camera(ros):
+    diagnostics = ros.collect(DiagnosticArray, "/diagnostics")
+    node, _, _ = start(ros, "diag", lambda cfg: SlowFakeInspector(cfg, 0.0), Config())
+    try:
+        def cameras():
+            for msg in diagnostics:
+                for status in msg.status:
+                    if status.name.startswith("/diag/"):
+                        return {kv.key: kv.value for kv in status.values}.get("cameras")
+        wait_until(lambda: cameras(), 5, "a diagnostics message of this node")
+        assert cameras() == ", ".join(f"/diag/{t}" for t in TOPICS)
+    finally:
+        ros.remove(node)
+
+
+# ------------------------------------------------------------------ the real Inspector
+
+@pytest.fixture(scope="module")
+def inspector(offline_cfg, lite_sam, tmp_path_factory):
+    return build_offline_inspector(offline_cfg, lite_sam, tmp_path_factory.mktemp("cameras_bank"))
+
+
+def test_two_cameras_share_one_encoder_pass_and_keep_their_own_results(ros, inspector):
+    node, (left, right), verdicts = start(ros, "real", sharing(inspector), inspector.cfg)
+    masks = {cam: ros.collect(Image, f"/real/clipsam_inspector/{cam}/mask") for cam in ("cam_left", "cam_right")}
+    rejects = ros.collect(Bool, "/real/clipsam_inspector/cam_left/reject")
+    wait_until(lambda: all(c.mask.get_subscription_count() > 0 for c in node.cameras), 10, "mask subscribers")
+    stain, truth = make_sample("metal", "stain", seed=5, size=FRAME_SIZE)
+    good, _ = make_sample("metal", None, seed=1, size=FRAME_SIZE)
+    calls, encoded = inspector.sam.encoder_calls, inspector.sam.images_encoded
+    try:
+        left.publish(image(stain, 11))
+        right.publish(image(good, 12))
+        wait_until(lambda: verdicts["cam_left"] and verdicts["cam_right"], 120, "both verdicts")
+        assert stamps(verdicts["cam_left"]) == [(11, "fail")]
+        assert stamps(verdicts["cam_right"]) == [(12, "pass")]
+        assert inspector.sam.encoder_calls - calls == 1          # one image-encoder pass ...
+        assert inspector.sam.images_encoded - encoded == 2       # ... for both cameras' frames
+        wait_until(lambda: masks["cam_left"] and masks["cam_right"] and rejects, 5, "masks and reject")
+        m = pixels(masks["cam_left"][0])
+        assert ((m > 0) & (truth > 0)).sum() > 0.5 * (truth > 0).sum()     # the stain, on the left camera
+        assert not pixels(masks["cam_right"][0]).any()                     # nothing on the good part
+        assert rejects[0].data is True
+    finally:
+        ros.remove(node)
+
+
+def test_warm_up_runs_before_the_first_frame_with_the_camera_batch(ros, inspector):
+    encoded, frames = inspector.sam.images_encoded, inspector.frames
+    node, _, verdicts = start(ros, "warm", sharing(inspector), inspector.cfg, **{"runtime.warmup_frames": 1})
+    try:
+        assert inspector.sam.images_encoded - encoded == 2     # one frame per camera, before subscribing
+        assert node.inspector.frames == 0 and inspector.frames == frames   # warm-up frames count nowhere
+        assert node.stats.snapshot().received == 0 and not any(verdicts.values())
+    finally:
+        ros.remove(node)
