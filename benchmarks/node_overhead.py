@@ -75,7 +75,7 @@ def measure(context, executor, inspector, size: tuple[int, int], frames: int) ->
     pub = client.create_publisher(Image, f"/{ns}/image", 10)
     executor.add_node(node)
     executor.add_node(client)
-    outputs = (node.camera.mask, node.camera.anomaly_map, node.camera.overlay, node.camera.verdict_json, node.camera.reject)
+    outputs = node.camera.result_publishers
     deadline = time.monotonic() + 20
     while not (pub.get_subscription_count() and all(p.get_subscription_count() for p in outputs)):
         if time.monotonic() > deadline:

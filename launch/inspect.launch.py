@@ -6,7 +6,8 @@
 Arguments:
   config        ROS 2 params YAML (default: the package's config/inspect.yaml)
   image_topic   the camera topic, remapped onto the node's `image` input; with
-                input.compressed true, give the CompressedImage topic (.../compressed)
+                input.compressed true, give the CompressedImage topic (.../compressed).
+                Several cameras on one node: input.image_topics in the config instead
   namespace     namespace of the node (and of RViz)
   device        auto | cpu | cuda; empty = what the config says
   use_sim_time  true when replaying a bag with --clock
@@ -27,7 +28,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from clipsam_ros.config import load, to_dict
+from clipsam_ros.config import camera_names, load, to_dict
 
 PACKAGE = "clipsam_ros"
 NODE_NAME = "clipsam_inspector"
@@ -78,14 +79,20 @@ def _launch_setup(context):
     image_topic = arg("image_topic")
     sim_time = _flag(arg("use_sim_time"))
 
+    params = to_dict(cfg)
+    topics = params["input"].pop("image_topics")   # an empty list cannot be typed as a parameter
+    if topics:
+        params["input"]["image_topics"] = topics
     actions = [Node(
         package=PACKAGE, executable=NODE_NAME, name=NODE_NAME, namespace=namespace,
-        parameters=[to_dict(cfg), {"use_sim_time": sim_time}],
+        parameters=[params, {"use_sim_time": sim_time}],
         remappings=[("image", image_topic)],
         output="screen", emulate_tty=True)]
     if _flag(arg("rviz")):
-        overlay = _resolve(namespace, f"{NODE_NAME}/overlay")
-        rviz_file = _rviz_config(share, overlay, _resolve(namespace, image_topic))
+        # several cameras: RViz shows the first one (its overlay and raw image)
+        overlay = _resolve(namespace, f"{NODE_NAME}/{camera_names(topics)[0]}/overlay" if topics
+                           else f"{NODE_NAME}/overlay")
+        rviz_file = _rviz_config(share, overlay, _resolve(namespace, topics[0] if topics else image_topic))
         actions.append(Node(
             package="rviz2", executable="rviz2", name="rviz2", namespace=namespace,
             arguments=["-d", rviz_file], parameters=[{"use_sim_time": sim_time}], output="screen"))
