@@ -79,6 +79,9 @@ class RefinerConfig:
     threshold: float = 0.5
     # regions smaller than this (pixels of the frame) are not prompted
     min_region_px: int = 16
+    # CPS prompts at most this many regions, highest peak first; the rest keep S_a > θ
+    # as their mask, so a frame full of defects still fails within bounded time (0 = all)
+    max_regions: int = 0
     num_positive: int = 3
     num_negative: int = 3
     # minimum distance between points of one kind, in pixels of the frame.
@@ -187,6 +190,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "localizer.temperature": (1e-4, 10.0),
     "refiner.threshold": (0.0, 1.0),
     "refiner.min_region_px": (1, 10_000_000),
+    "refiner.max_regions": (0, 10_000),
     "refiner.num_positive": (1, 64),
     "refiner.num_negative": (0, 64),
     "refiner.point_spacing_px": (0.0, 10_000.0),
@@ -242,6 +246,7 @@ DESCRIPTIONS: dict[str, str] = {
     "refiner.method": "cps (PPG+CPS) | mmr | none (thresholded map)",
     "refiner.threshold": "theta: anomaly map above it is the extreme region",
     "refiner.min_region_px": "extreme regions smaller than this are ignored",
+    "refiner.max_regions": "CPS: prompt at most this many regions (highest peak first); the rest keep the thresholded map (0 = all)",
     "refiner.num_positive": "positive points per region (top-k of the map)",
     "refiner.num_negative": "negative points per region (least similar ring pixels)",
     "refiner.point_spacing_px": "minimum distance between points of one kind, pixels",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -145,3 +146,26 @@ def test_fused_scores_follow_the_documented_rule(lite_sam, stain):
     # with weight 0 the mask is exactly SAM's L > 0 (σ(L) > 0.5)
     assert np.array_equal(sam_only.mask, sam_only.pixel_scores > 0.5)
     assert sam_only.pixel_scores.min() >= 0 and sam_only.pixel_scores.max() <= 1
+
+
+def test_max_regions_prompts_the_strongest_and_keeps_the_rest_in_the_mask(lite_sam, two_defects):
+    """A capped cascade decodes fewer rows, but no extreme region leaves the mask."""
+    _, truth, emb = two_defects
+    amap = coarse_from_truth(truth)
+    count, labels = cv2.connectedComponents((amap > PAPER.threshold).astype(np.uint8))
+    assert count - 1 == 2
+    weaker = labels == 2
+    amap = np.where(weaker, amap * 0.8, amap).astype(np.float32)     # region 2 peaks lower
+    rec = RecordingSam(lite_sam)
+    capped = refine_cps(amap, emb, rec, dataclasses.replace(PAPER, max_regions=1))
+    (prompt,) = capped.prompts
+    assert np.array_equal(prompt.region, labels == 1)                   # the stronger one
+    assert all(p["points"].shape[0] == 1 for p in rec.passes)                            # one row per pass
+    above_weaker = weaker & (amap > PAPER.threshold)
+    assert capped.mask[above_weaker].all()                 # the unprompted region stays a defect
+    assert (capped.pixel_scores[above_weaker] > 0.5).all()
+    # the prompted region got the same decoder answer as in the uncapped, two-row batch
+    rec_full = RecordingSam(lite_sam)
+    full = refine_cps(amap, emb, rec_full, PAPER)
+    row = next(i for i, p in enumerate(full.prompts) if (p.region & (labels == 1)).any())
+    assert torch.allclose(rec.passes[-1]["out"].logits[0], rec_full.passes[-1]["out"].logits[row], atol=1e-3)

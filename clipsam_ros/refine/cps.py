@@ -9,6 +9,11 @@ whatever the number of defects. Stages 2 and 3 can be switched off (the paper's
 Table 3); a later stage then takes the last stage that ran. A region whose
 previous mask came out empty gets its own bounding box as the stage-3 box.
 
+The decoder's cost grows with the number of regions. `refiner.max_regions` caps
+it for a takt time: only the regions with the highest peaks are prompted, and
+every other extreme region counts as fully SAM-confirmed (σ(L) = 1), so its
+pixels stay in the mask (S_a > θ) and the part still fails.
+
 Pixel scores (for metrics and the image score) fuse the two sources:
     score = w · S_a + (1 − w) · σ(L),   L = max over regions of the final logits,
 with w = `refiner.fuse_weight`; σ(L) is 0 where no region was prompted. The
@@ -32,7 +37,7 @@ from ..config import RefinerConfig
 from ..features import SamEmbedding
 from ..models.sam import SamModel
 from ..timing import Stopwatch
-from .ppg import PromptSet, batch_points, generate_prompts, mask_box
+from .ppg import PromptSet, batch_points, extreme_regions, generate_prompts, mask_box
 
 
 @dataclass
@@ -130,12 +135,29 @@ def refine_cps(anomaly_map: np.ndarray, embedding: SamEmbedding, sam: SamModel,
     with watch.stage("cps"):
         logits, stages, boxes = run_cascade(embedding, sam, prompts, cfg)
     with watch.stage("fuse"):
-        stage_scores = {name: fuse_scores(anomaly_map, merged_logits(stage), cfg.fuse_weight)
+        unprompted = unprompted_regions(anomaly_map, prompts, cfg)
+        stage_scores = {name: fuse_scores(anomaly_map, with_unprompted(merged_logits(stage), unprompted),
+                                          cfg.fuse_weight)
                         for name, stage in stages.items()}
         scores = stage_scores[list(stages)[-1]]
     return Refinement(mask=scores > MASK_LEVEL, pixel_scores=scores, prompts=prompts,
                       stage_masks={name: s > MASK_LEVEL for name, s in stage_scores.items()},
                       boxes=boxes)
+
+
+def unprompted_regions(anomaly_map: np.ndarray, prompts: list[PromptSet], cfg: RefinerConfig) -> np.ndarray | None:
+    """The extreme regions left out by `max_regions` (None when every region was prompted)."""
+    if cfg.max_regions <= 0 or len(prompts) < cfg.max_regions:
+        return None
+    regions = extreme_regions(anomaly_map, cfg.threshold, cfg.min_region_px)
+    if len(regions) <= len(prompts):
+        return None
+    return np.logical_or.reduce(regions) & ~np.logical_or.reduce([p.region for p in prompts])
+
+
+def with_unprompted(logits: np.ndarray, unprompted: np.ndarray | None) -> np.ndarray:
+    # a large logit: σ(L) = 1, the thresholded map stands for SAM's mask there
+    return logits if unprompted is None else np.where(unprompted, np.maximum(logits, 50.0), logits)
 
 
 def merged_logits(per_region: torch.Tensor) -> np.ndarray:

@@ -122,14 +122,21 @@ def similarity_to_region(region: np.ndarray, embedding: SamEmbedding) -> np.ndar
     return cv2.resize(up[:h_in, :w_in], (w, h), interpolation=cv2.INTER_LINEAR)
 
 
+def strongest_first(regions: list[np.ndarray], anomaly_map: np.ndarray, limit: int) -> list[np.ndarray]:
+    """The `limit` regions with the highest peak of S_a (all when `limit` is 0), strongest first."""
+    ranked = sorted(regions, key=lambda region: -float(anomaly_map[region].max()))
+    return ranked[:limit] if limit > 0 else ranked
+
+
 def generate_prompts(anomaly_map: np.ndarray, embedding: SamEmbedding, cfg: RefinerConfig) -> list[PromptSet]:
-    """One PromptSet per extreme region of S_a; empty when nothing exceeds θ."""
+    """One PromptSet per extreme region of S_a (at most `cfg.max_regions`, strongest peak
+    first); empty when nothing exceeds θ. Rings avoid every region, prompted or not."""
     regions = extreme_regions(anomaly_map, cfg.threshold, cfg.min_region_px)
     if not regions:
         return []
     all_regions = np.logical_or.reduce(regions)
     prompts = []
-    for region in regions:
+    for region in strongest_first(regions, anomaly_map, cfg.max_regions):
         positive = spaced_extremes(anomaly_map, region, cfg.num_positive, cfg.point_spacing_px)
         ring = ring_mask(region, all_regions, cfg.dilation_shape, cfg.dilation_size)
         negative = np.zeros((0, 2), np.float32)
