@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from ..config import Config, ConfigError
+from ..models.accel import AccelSettings
 from ..models.sam import SamModel
 from .reference import ReferenceLocalizer, build_bank, list_images, load_bank, read_rgb, save_bank
 
@@ -39,7 +40,7 @@ def build_heads_clip(cfg: Config, device: torch.device):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return build_clip(cfg.clip, device, precision=cfg.precision, token_path="residual",
-                          cache_dir=cfg.weights.cache_dir or None)
+                          cache_dir=cfg.weights.cache_dir or None, accel=AccelSettings.from_config(cfg, device))
 
 
 def build_localizer(cfg: Config, sam: SamModel, device: torch.device, progress: bool = True):
@@ -53,7 +54,8 @@ def build_localizer(cfg: Config, sam: SamModel, device: torch.device, progress: 
     if method == "clip_zero_shot":
         from .clip_zero_shot import ClipZeroShotLocalizer
 
-        encoder = build_clip(cfg.clip, device, precision=cfg.precision, cache_dir=cache)
+        encoder = build_clip(cfg.clip, device, precision=cfg.precision, cache_dir=cache,
+                             accel=AccelSettings.from_config(cfg, device))
         return ClipZeroShotLocalizer(encoder, cfg.localizer)
     from .clip_adapter import ClipAdapterLocalizer
     from .umci import UmciLocalizer, checkpoint_method

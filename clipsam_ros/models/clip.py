@@ -55,6 +55,7 @@ from torch import nn
 
 from ..config import ClipConfig
 from ..features import ClipFeatures
+from .accel import AccelSettings, HostStager, channels_last_input, maybe_compile, to_channels_last
 
 TOKEN_PATHS = ("vv", "residual")
 
@@ -149,13 +150,15 @@ def _resolve_pretrained(cfg: ClipConfig, pretrained_file: Path | None) -> tuple[
 
 def build_clip(cfg: ClipConfig, device: torch.device, *, pretrained_file: Path | None = None,
                precision: str = "fp32", token_path: str = "vv", vv_start: int | None = None,
-               cache_dir: str | None = None) -> "ClipEncoder":
+               cache_dir: str | None = None, accel: AccelSettings = AccelSettings()) -> "ClipEncoder":
     """Build a frozen CLIP for `cfg` on `device`.
 
     `pretrained_file` (a resolved local file, e.g. from `models.weights`)
     overrides `cfg.pretrained`. `precision` fp16/bf16 runs the encoders under
     autocast on CUDA (weights stay fp32). `token_path` / `vv_start`: see the
     module docstring. `cache_dir` is where open_clip keeps downloaded tags.
+    `accel`: channels-last, pinned copies, torch.compile (see `models.accel`);
+    open_clip's attention already runs through sdpa.
     """
     import open_clip  # heavy import; only when CLIP is really built
     from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
@@ -219,7 +222,7 @@ def build_clip(cfg: ClipConfig, device: torch.device, *, pretrained_file: Path |
     tokenizer = open_clip.get_tokenizer(cfg.model)
     return ClipEncoder(model, tokenizer, model_name=cfg.model, image_size=int(cfg.image_size), layers=layers,
                        mean=mean, std=std, device=device, precision=precision,
-                       token_path=token_path, vv_start=vv_start)
+                       token_path=token_path, vv_start=vv_start, accel=accel)
 
 
 class ClipEncoder:
@@ -227,7 +230,7 @@ class ClipEncoder:
 
     def __init__(self, model: nn.Module, tokenizer, *, model_name: str, image_size: int, layers: Sequence[int],
                  mean: Sequence[float], std: Sequence[float], device: torch.device, precision: str = "fp32",
-                 token_path: str = "vv", vv_start: int | None = None):
+                 token_path: str = "vv", vv_start: int | None = None, accel: AccelSettings = AccelSettings()):
         if token_path not in TOKEN_PATHS:
             raise ValueError(f"token_path={token_path!r} (choose one of: {', '.join(TOKEN_PATHS)})")
         self.model = model
@@ -247,6 +250,11 @@ class ClipEncoder:
         self.images_encoded = 0  # frames through the image encoder
         self.text_calls = 0      # encode_text calls
         self._autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+        self.accel = accel
+        if accel.channels_last:
+            to_channels_last(self.visual)      # the patch-embedding convolution
+        self._stager = HostStager(self.device, accel.pinned_memory)
+        self._compiled_forward = maybe_compile(self._forward, accel.compile)
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -281,7 +289,7 @@ class ClipEncoder:
         return ClipEncoder(self.model, self.tokenizer, model_name=self.model_name, image_size=self.image_size,
                            layers=self.layers, mean=self.mean.flatten().tolist(), std=self.std.flatten().tolist(),
                            device=self.device, precision=self.precision, token_path=token_path,
-                           vv_start=self.vv_start)
+                           vv_start=self.vv_start, accel=self.accel)
 
     def _autocast(self):
         if self._autocast_dtype is None or self.device.type != "cuda":
@@ -311,7 +319,7 @@ class ClipEncoder:
                 image = np.repeat(image[..., None], 3, axis=2)
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise ValueError(f"CLIP expects an RGB uint8 HxWx3 image, got {image.dtype} {image.shape}")
-            x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float()
+            x = self._stager.to_device(image).permute(2, 0, 1)[None].float()
             x = F.interpolate(x / 255.0, size=(self.image_size, self.image_size), mode="bicubic",
                               align_corners=False, antialias=True).clamp_(0.0, 1.0)
             batch.append(x)
@@ -326,9 +334,9 @@ class ClipEncoder:
         """One forward pass for a batch of frames (counts as ONE call)."""
         if len(images) == 0:
             return []
-        pixels = self.preprocess(images)
+        pixels = channels_last_input(self.preprocess(images), self.accel.channels_last)
         with self._autocast():
-            tokens, pooled = self._forward(pixels)
+            tokens, pooled = self._compiled_forward(pixels)
         self.calls += 1
         self.images_encoded += len(images)
         grid = self.grid

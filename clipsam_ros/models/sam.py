@@ -25,6 +25,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 from ..config import Config
 from ..features import SamEmbedding
+from .accel import AccelSettings, HostStager, channels_last_input, maybe_compile, to_channels_last, use_sdpa
 from .weights import SAM_URLS, WeightError, resolve_weight
 
 # 0 = background point, 1 = foreground point, -1 = padding ("not a point")
@@ -98,13 +99,14 @@ def build_sam(cfg: Config, device: torch.device) -> "SamModel":
         raise WeightError(f"sam.checkpoint: {path} does not fit sam.variant={cfg.sam.variant} "
                           f"(wrong variant or not a SAM checkpoint); fix one of the two") from None
     sam.eval().requires_grad_(False).to(device)
-    return SamModel(sam, cfg.sam.variant, device, cfg.precision)
+    return SamModel(sam, cfg.sam.variant, device, cfg.precision, AccelSettings.from_config(cfg, device))
 
 
 class SamModel:
     """A SAM network with a counted image encoder and a batched prompt decoder."""
 
-    def __init__(self, sam: Sam, variant: str, device: torch.device, precision: str = "fp32"):
+    def __init__(self, sam: Sam, variant: str, device: torch.device, precision: str = "fp32",
+                 accel: AccelSettings = AccelSettings()):
         self.sam = sam
         self.variant = variant
         self.device = device
@@ -113,6 +115,14 @@ class SamModel:
         self.encoder_calls = 0       # image-encoder forward passes
         self.images_encoded = 0      # frames through the encoder (a batched pass counts each)
         self._autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+        self.accel = accel
+        if accel.sdpa:
+            use_sdpa(sam.image_encoder)
+        if accel.channels_last:
+            to_channels_last(sam.image_encoder)
+        self._stager = HostStager(device, accel.pinned_memory)
+        # compiled separately from `sam`, so its module tree and state dict keep their names
+        self._image_encoder = maybe_compile(sam.image_encoder, accel.compile)
 
     def _autocast(self):
         # reduced precision only where it is fast and safe: the image encoder on a GPU
@@ -123,7 +133,7 @@ class SamModel:
     def _prepare(self, image_rgb: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """Resize the long side to img_size, normalise, pad to the square: (1, 3, S, S)."""
         resized = self.transform.apply_image(image_rgb)
-        x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None].float()
+        x = self._stager.to_device(resized).permute(2, 0, 1).contiguous()[None].float()
         return self.sam.preprocess(x), tuple(resized.shape[:2])
 
     @torch.no_grad()
@@ -136,11 +146,13 @@ class SamModel:
         """One image-encoder pass for several frames (e.g. one per camera); sizes may differ,
         since every frame is padded to the same square."""
         prepared = [self._prepare(image) for image in images_rgb]
+        pixels = channels_last_input(torch.cat([x for x, _ in prepared]), self.accel.channels_last)
         with self._autocast():
-            features = self.sam.image_encoder(torch.cat([x for x, _ in prepared]))
+            features = self._image_encoder(pixels)
         self.encoder_calls += 1
         self.images_encoded += len(images_rgb)
-        return [SamEmbedding(features=features[i:i + 1].float(), original_size=image.shape[:2],
+        # .contiguous(): channels-last outputs back to the layout every consumer expects
+        return [SamEmbedding(features=features[i:i + 1].float().contiguous(), original_size=image.shape[:2],
                              input_size=size, img_size=self.img_size)
                 for i, (image, (_, size)) in enumerate(zip(images_rgb, prepared))]
 
