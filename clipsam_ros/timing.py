@@ -26,3 +26,7 @@ class Stopwatch:
             if self._sync:
                 torch.cuda.synchronize()
             self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - start) * 1000.0
+
+    def add(self, name: str, ms: float) -> None:
+        """Milliseconds measured elsewhere (e.g. CUDA events of an overlapped encoder)."""
+        self.ms[name] = self.ms.get(name, 0.0) + float(ms)
