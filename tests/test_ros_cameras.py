@@ -156,12 +156,19 @@ def test_two_cameras_share_one_encoder_pass_and_keep_their_own_results(ros, insp
         ros.remove(node)
 
 
-def test_warm_up_runs_before_the_first_frame_with_the_camera_batch(ros, inspector):
-    encoded, frames = inspector.sam.images_encoded, inspector.frames
+def test_warm_up_runs_before_the_first_frame_with_the_camera_batch(ros, inspector, monkeypatch):
+    batches = []
+    encode_batch = inspector.sam.encode_batch
+
+    def recording(images):          # the real encoder, its batch sizes noted
+        batches.append(len(images))
+        return encode_batch(images)
+    monkeypatch.setattr(inspector.sam, "encode_batch", recording)
+    calls, frames = inspector.sam.encoder_calls, inspector.frames
     node, _, verdicts = start(ros, "warm", sharing(inspector), inspector.cfg, **{"runtime.warmup_frames": 1})
     try:
-        assert inspector.sam.images_encoded - encoded == 2     # one frame per camera, before subscribing
-        assert node.inspector.frames == 0 and inspector.frames == frames   # warm-up frames count nowhere
-        assert node.stats.snapshot().received == 0 and not any(verdicts.values())
+        assert batches == [2]                     # one frame per camera, one pass, before subscribing
+        assert inspector.sam.encoder_calls == calls and node.inspector.frames == 0 and inspector.frames == frames
+        assert node.stats.snapshot().received == 0 and not any(verdicts.values())   # counted nowhere
     finally:
         ros.remove(node)
