@@ -48,6 +48,7 @@ def test_node_process_inspects_then_exits_cleanly_on_sigint(tmp_path):
         wait_until(lambda: any("ready:" in ln for ln in lines) or proc.poll() is not None, 180, "the node")
         assert proc.poll() is None, "".join(lines)
         assert any("/sigint/image" in ln for ln in lines if "ready:" in ln)
+        assert any("warm-up: 1 frame(s) x 1 camera(s)" in ln for ln in lines)   # offline.yaml's default
 
         ros = RosHarness(DOMAIN_ID)
         verdicts = ros.collect(String, "/sigint/clipsam_inspector/verdict_json")
