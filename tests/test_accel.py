@@ -122,6 +122,26 @@ def test_sam_model_with_every_switch_gives_the_plain_embedding():
     assert fast.sam.state_dict().keys() == plain.sam.state_dict().keys()
 
 
+def test_clip_encoder_compiled_and_channels_last_gives_the_same_features():
+    """ClipEncoder's one-pass forward (vv path) compiled, on a tiny random open_clip ViT."""
+    import open_clip
+
+    from clipsam_ros.models.clip import ClipEncoder
+
+    torch.manual_seed(0)
+    model = open_clip.CLIP(embed_dim=32, vision_cfg={"image_size": 64, "layers": 2, "width": 64, "patch_size": 16},
+                           text_cfg={"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2,
+                                     "layers": 2}).eval()
+    geometry = dict(model_name="tiny", image_size=64, layers=[1, 2], mean=(0.5,) * 3, std=(0.25,) * 3, device=CPU)
+    plain = ClipEncoder(model, None, **geometry)
+    want = plain.encode_image(frame())
+    fast = ClipEncoder(model, None, **geometry, accel=AccelSettings(compile=True, channels_last=True))
+    got = fast.encode_image(frame())
+    assert fast.calls == 1 and fast._compiled_forward != fast._forward
+    for a, b in zip(want.patch_tokens + [want.image_embedding], got.patch_tokens + [got.image_embedding]):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
 def test_maybe_compile_off_is_the_same_callable():
     module = torch.nn.Linear(2, 2)
     assert maybe_compile(module, False) is module
