@@ -145,9 +145,9 @@ class InputConfig:
 class RuntimeConfig:
     # full frames run through the pipeline at start-up so the first real frame is not slow
     warmup_frames: int = 1
-    # the GPU path (cuda only; on the cpu these change nothing): see README "Speed"
+    # speed switches, same numbers either way (docs/SPEED.md); the last two act on cuda only
     channels_last: bool = True           # NHWC memory for the encoders' convolutions
-    sdpa: bool = True                    # SAM ViT attention through scaled_dot_product_attention
+    sdpa: bool = True                    # SAM attention through scaled_dot_product_attention
     cuda_streams: bool = True            # CLIP and SAM encoders on separate CUDA streams
     pinned_memory: bool = True           # page-locked host buffers, non-blocking copies to the GPU
 
@@ -221,8 +221,8 @@ DESCRIPTIONS: dict[str, str] = {
     "precision": "encoder precision on cuda (cpu always runs fp32)",
     "compile": "torch.compile the image encoders (first frames slow while it compiles; warm-up absorbs them)",
     "runtime.warmup_frames": "frames run through the whole pipeline at start-up (0 = none)",
-    "runtime.channels_last": "cuda: channels-last memory format for the encoders",
-    "runtime.sdpa": "SAM ViT attention via torch scaled_dot_product_attention (fused kernels on cuda)",
+    "runtime.channels_last": "channels-last (NHWC) memory format for the encoders' convolutions",
+    "runtime.sdpa": "SAM encoder attention via torch scaled_dot_product_attention (fused kernels on cuda)",
     "runtime.cuda_streams": "cuda: run the CLIP and SAM encoders concurrently on separate streams",
     "runtime.pinned_memory": "cuda: page-locked host buffers and non-blocking copies to the device",
     "clip.model": "open_clip model name",

@@ -150,8 +150,8 @@ def test_maybe_compile_off_is_the_same_callable():
 def test_accel_settings_from_config(offline_cfg):
     cfg = copy.deepcopy(offline_cfg)
     on_cpu = AccelSettings.from_config(cfg, CPU)
-    assert on_cpu == AccelSettings(sdpa=True)                     # the GPU-only switches stay off
-    cfg.compile, cfg.runtime.sdpa = True, False
+    assert on_cpu == AccelSettings(sdpa=True, channels_last=True)   # the GPU-only switches stay off
+    cfg.compile, cfg.runtime.sdpa, cfg.runtime.channels_last = True, False, False
     assert AccelSettings.from_config(cfg, CPU) == AccelSettings(compile=True)
     on_gpu = AccelSettings.from_config(offline_cfg, torch.device("cuda"))   # no GPU needed to decide
     assert on_gpu == AccelSettings(sdpa=True, channels_last=True, pinned_memory=True, cuda_streams=True)
