@@ -152,7 +152,8 @@ def run_bench(cfg: Config, frames: int = 20, warmup: int = 2, batch: int = 1, na
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "config": {k: v for k, v in flatten(cfg).items()
-                   if k.split(".")[0] in ("device", "precision", "clip", "sam", "localizer", "refiner")},
+                   if k.split(".")[0] in ("device", "precision", "compile", "runtime", "clip", "sam", "localizer",
+                                          "refiner")},
     }
 
 
