@@ -45,7 +45,11 @@ class PerCallPredictorSam:
         return self.sam.encode(image_rgb)
 
     def decode(self, embedding, points=None, labels=None, boxes=None, mask_input=None,
-               multimask=False) -> DecoderOutput:
+               multimask=False, every_mask=False) -> DecoderOutput:
+        if every_mask:   # a predictor answers single- or multimask per call: two calls
+            single, multi = (self.decode(embedding, points, labels, boxes, mask_input, m) for m in (False, True))
+            return DecoderOutput(*(torch.cat([getattr(single, f), getattr(multi, f)], dim=1)
+                                   for f in ("logits", "low_res_logits", "iou_scores")))
         rows = len(points) if points is not None else len(boxes)
         outs = []
         for b in range(rows):

@@ -27,10 +27,11 @@ class RecordingSam:
         self.sam = sam
         self.passes: list[dict] = []
 
-    def decode(self, embedding, points=None, labels=None, boxes=None, mask_input=None, multimask=False):
-        out = self.sam.decode(embedding, points, labels, boxes, mask_input, multimask)
+    def decode(self, embedding, points=None, labels=None, boxes=None, mask_input=None, multimask=False,
+               every_mask=False):
+        out = self.sam.decode(embedding, points, labels, boxes, mask_input, multimask, every_mask)
         self.passes.append(dict(points=points, labels=labels, boxes=boxes, mask_input=mask_input,
-                                multimask=multimask, out=out))
+                                multimask=multimask, every_mask=every_mask, out=out))
         return out
 
     def __getattr__(self, name):
@@ -108,9 +109,28 @@ def test_switching_stages_off(lite_sam, stain):
     assert np.allclose(third["boxes"][0], mask_box((first["out"].logits[0, best[0]] > 0).numpy()))
 
     rec = RecordingSam(lite_sam)
-    result = refine_cps(amap, emb, rec, dataclasses.replace(PAPER, stage3_box=False, mask_input=False))
-    assert len(rec.passes) == 2 and rec.passes[1]["boxes"] is None and rec.passes[1]["mask_input"] is None
+    result = refine_cps(amap, emb, rec, dataclasses.replace(PAPER, stage3_box=False))
+    assert len(rec.passes) == 2 and rec.passes[1]["boxes"] is None and rec.passes[1]["mask_input"] is not None
     assert list(result.stage_masks) == ["points", "logits"] and result.boxes is None
+
+
+def test_without_mask_input_stage_two_is_read_from_the_first_pass(lite_sam, stain):
+    """Points alone twice is one decoder computation: one pass, the same masks as two."""
+    _, truth, emb = stain
+    amap = coarse_from_truth(truth)
+    cfg = dataclasses.replace(PAPER, mask_input=False)
+    rec = RecordingSam(lite_sam)
+    shared = refine_cps(amap, emb, rec, cfg)
+    assert len(rec.passes) == 2 and rec.passes[0]["every_mask"]             # points (+ stage 2), box
+    assert rec.passes[1]["boxes"] is not None and rec.passes[1]["mask_input"] is None
+    points, labels = rec.passes[0]["points"], rec.passes[0]["labels"]
+    multi = lite_sam.decode(emb, points, labels, multimask=True)             # stage 1 as its own pass
+    single = lite_sam.decode(emb, points, labels)                            # stage 2 as its own pass
+    every = rec.passes[0]["out"]
+    assert torch.allclose(every.logits[:, 1:], multi.logits, atol=1e-4)
+    assert torch.allclose(every.logits[:, :1], single.logits, atol=1e-4)
+    assert np.array_equal(shared.stage_masks["logits"],
+                          refine_cps(amap, emb, lite_sam, dataclasses.replace(cfg, stage3_box=False)).mask)
 
 
 def test_nothing_above_threshold_means_no_decoder_pass_and_an_empty_mask(lite_sam, stain):

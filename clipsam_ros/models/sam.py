@@ -34,7 +34,8 @@ PAD_LABEL = -1
 
 @dataclass
 class DecoderOutput:
-    """One decoder pass for B prompt sets, K masks each (K = 3 with multimask, else 1)."""
+    """One decoder pass for B prompt sets, K masks each: K = 3 with multimask, 1 without, and 4
+    with every_mask (index 0 the single-mask output, 1..3 the multimask ones)."""
 
     logits: torch.Tensor        # (B, K, H, W) mask logits at frame resolution
     low_res_logits: torch.Tensor  # (B, K, 4G, 4G): what `mask_input` of the next stage takes
@@ -120,6 +121,9 @@ class SamModel:
             use_sdpa(sam.image_encoder)
         if accel.channels_last:
             to_channels_last(sam.image_encoder)
+            # the prompt decoder's two transposed convolutions: about half their time in NHWC
+            to_channels_last(sam.mask_decoder.output_upscaling)
+        self._dense_pe: torch.Tensor | None = None   # the image positional encoding, fixed
         self._stager = HostStager(device, accel.pinned_memory)
         # compiled separately from `sam`, so its module tree and state dict keep their names
         self._image_encoder = maybe_compile(sam.image_encoder, accel.compile)
@@ -165,8 +169,13 @@ class SamModel:
         boxes: np.ndarray | None = None,         # (B, 4) x0, y0, x1, y1 in frame pixels
         mask_input: torch.Tensor | None = None,  # (B, 1, 4G, 4G) low-res logits
         multimask: bool = False,
+        every_mask: bool = False,
     ) -> DecoderOutput:
-        """One prompt-encoder + mask-decoder pass for B prompt sets on the cached embedding."""
+        """One prompt-encoder + mask-decoder pass for B prompt sets on the cached embedding.
+
+        `every_mask` returns all four mask tokens of the one pass (see DecoderOutput): the
+        single-mask answer and the three multimask ones cost one transformer pass together.
+        """
         size = embedding.original_size
         point_input = None
         if points is not None:
@@ -178,12 +187,17 @@ class SamModel:
             box_input = torch.as_tensor(self.transform.apply_boxes(np.asarray(boxes, dtype=np.float64), size),
                                         dtype=torch.float32, device=self.device)
         sparse, dense = self.sam.prompt_encoder(points=point_input, boxes=box_input, masks=mask_input)
-        low_res, iou = self.sam.mask_decoder(
+        if self._dense_pe is None:
+            self._dense_pe = self.sam.prompt_encoder.get_dense_pe()
+        decoder = self.sam.mask_decoder
+        low_res, iou = decoder.predict_masks(
             image_embeddings=embedding.features,
-            image_pe=self.sam.prompt_encoder.get_dense_pe(),
+            image_pe=self._dense_pe,
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
-            multimask_output=multimask,
         )
+        if not every_mask:   # what MaskDecoder.forward keeps of the four tokens
+            keep = slice(1, None) if multimask else slice(0, 1)
+            low_res, iou = low_res[:, keep], iou[:, keep]
         logits = self.sam.postprocess_masks(low_res, embedding.input_size, embedding.original_size)
         return DecoderOutput(logits=logits, low_res_logits=low_res, iou_scores=iou)

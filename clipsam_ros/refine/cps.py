@@ -105,13 +105,17 @@ def run_cascade(embedding: SamEmbedding, sam: SamModel, prompts: list[PromptSet]
     allowed = None
     if cfg.confine_to_ring:
         allowed = torch.as_tensor(np.stack([p.neighbourhood for p in prompts]), device=sam.device)
-    first = sam.decode(embedding, points, labels, multimask=True)
-    logits, low_res = _best_of(first.logits, first.low_res_logits, first.iou_scores)
+    # without logits as the dense prompt, stage 2 is the very pass of stage 1 read at its
+    # single-mask token: one decoder pass gives both, with the same numbers
+    shared = cfg.stage2_logits and not cfg.mask_input
+    first = sam.decode(embedding, points, labels, multimask=True, every_mask=shared)
+    multi = slice(1, None) if shared else slice(None)
+    logits, low_res = _best_of(first.logits[:, multi], first.low_res_logits[:, multi], first.iou_scores[:, multi])
     logits = _confined(logits, allowed)
     stages = {"points": logits}
     if cfg.stage2_logits:
-        second = sam.decode(embedding, points, labels, mask_input=low_res if cfg.mask_input else None)
-        logits, low_res = _confined(second.logits[:, 0], allowed), second.low_res_logits
+        second = first if shared else sam.decode(embedding, points, labels, mask_input=low_res)
+        logits, low_res = _confined(second.logits[:, 0], allowed), second.low_res_logits[:, :1]
         stages["logits"] = logits
     boxes = None
     if cfg.stage3_box:
