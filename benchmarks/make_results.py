@@ -91,7 +91,11 @@ def render(results: list[tuple[str, dict]]) -> str:
                   f"- papers' profile: bf16 ours / fp32 naive = {paper['fps'] / paper_naive['fps']:.1f}× (target ≥ 5×)"]
     if paper4:
         lines.append(f"- papers' profile: {paper4['fps']:.1f} frames/s in total at batch 4 (target ≥ 60)")
-    lines += ["", "Where the time goes (share of `total`, p50):", ""]
+    if not paper:
+        lines.append("- papers' profile (GPU): not measured in this run, no GPU here; "
+                     "`python benchmarks/make_results.py --gpu` on a GPU machine adds it")
+    lines += ["", "Where the time goes (each stage's p50 over the frames that ran it, as a share of the p50 "
+              "`total`; so the shares need not add up to 100%):", ""]
     for name, r in results:
         total = r["stages_ms"].get("total") or 1.0
         parts = sorted(((ms, s) for s, ms in r["stages_ms"].items()
