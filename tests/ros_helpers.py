@@ -28,6 +28,18 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str = "condi
         time.sleep(0.02)
 
 
+def ros_fixture(domain_id: int):
+    """The module-scoped `ros` fixture of a test module: one RosHarness in `domain_id`."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def ros():
+        harness = RosHarness(domain_id)
+        yield harness
+        harness.close()
+    return ros
+
+
 class RosHarness:
     """One rclpy context on loopback in its own DDS domain, its executor spinning in a thread.
 

@@ -27,7 +27,7 @@ from clipsam_ros.ros.params import overrides_from_config  # noqa: E402
 from clipsam_ros.ros.stats import FrameStats  # noqa: E402
 from clipsam_ros.synth import make_sample  # noqa: E402
 
-from ros_helpers import FRAME_SIZE, RosHarness, build_offline_inspector, image, wait_until  # noqa: E402
+from ros_helpers import FRAME_SIZE, build_offline_inspector, image, ros_fixture, wait_until  # noqa: E402
 
 DOMAIN_ID = 80
 INFERENCE_TIMEOUT = 90.0
@@ -55,11 +55,7 @@ def inspector(offline_cfg, lite_sam, tmp_path_factory):
     return build_offline_inspector(offline_cfg, lite_sam, tmp_path_factory.mktemp("faults_bank"))
 
 
-@pytest.fixture(scope="module")
-def ros():
-    harness = RosHarness(DOMAIN_ID)
-    yield harness
-    harness.close()
+ros = ros_fixture(DOMAIN_ID)
 
 
 def start(ros, inspector, namespace, localizer=None, **settings):

@@ -26,19 +26,15 @@ from clipsam_ros.ros.node import InspectorNode  # noqa: E402
 from clipsam_ros.ros.params import overrides_from_config  # noqa: E402
 from clipsam_ros.synth import make_sample  # noqa: E402
 
-from ros_helpers import (FRAME_SIZE, RosHarness, SlowFakeInspector, build_offline_inspector, image,  # noqa: E402
-                         pixels, raw_image, sharing, wait_until)
+from ros_helpers import (FRAME_SIZE, SlowFakeInspector, build_offline_inspector, image, pixels,  # noqa: E402
+                         raw_image, ros_fixture, sharing, wait_until)
 
 DOMAIN_ID = 61
 TOPICS = ["cam_left/image_raw", "cam_right/image_raw"]
 FRAME = np.full((48, 64, 3), 128, np.uint8)
 
 
-@pytest.fixture(scope="module")
-def ros():
-    harness = RosHarness(DOMAIN_ID)
-    yield harness
-    harness.close()
+ros = ros_fixture(DOMAIN_ID)
 
 
 def start(ros, namespace: str, factory, cfg: Config, **settings):

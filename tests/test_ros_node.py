@@ -27,7 +27,7 @@ from clipsam_ros.synth import make_sample  # noqa: E402
 from clipsam_ros.visualize import VERDICT_COLOURS  # noqa: E402
 
 from ros_helpers import (FRAME_SIZE, RosHarness, build_offline_inspector, header, image, pixels,  # noqa: E402
-                         raw_image, sharing, stamp, wait_until)
+                         raw_image, ros_fixture, sharing, stamp, wait_until)
 
 DOMAIN_ID = 57
 INFERENCE_TIMEOUT = 60.0      # seconds for one frame on a busy 2-core CPU
@@ -83,11 +83,7 @@ def inspector(offline_cfg, lite_sam, tmp_path_factory):
     return build_offline_inspector(offline_cfg, lite_sam, tmp_path_factory.mktemp("ros_node_synth"))
 
 
-@pytest.fixture(scope="module")
-def ros():
-    harness = RosHarness(DOMAIN_ID)
-    yield harness
-    harness.close()
+ros = ros_fixture(DOMAIN_ID)
 
 
 @pytest.fixture(scope="module")

@@ -22,17 +22,13 @@ from clipsam_ros.config import Config  # noqa: E402
 from clipsam_ros.ros.node import InspectorNode  # noqa: E402
 from clipsam_ros.ros.params import overrides_from_config  # noqa: E402
 
-from ros_helpers import RosHarness, SlowFakeInspector, image, wait_until  # noqa: E402
+from ros_helpers import SlowFakeInspector, image, ros_fixture, wait_until  # noqa: E402
 
 DOMAIN_ID = 58
 FRAME = np.full((48, 64, 3), 128, np.uint8)
 
 
-@pytest.fixture(scope="module")
-def ros():
-    harness = RosHarness(DOMAIN_ID)
-    yield harness
-    harness.close()
+ros = ros_fixture(DOMAIN_ID)
 
 
 def start(ros, namespace: str, seconds: float, **settings):
