@@ -186,7 +186,7 @@ def test_stall_rule_unit():
     snap = stats.snapshot(now=104.0)
     assert diagnostic_level(None, snap, True, stall_timeout_s=5.0)[0] == 0
     snap = stats.snapshot(now=106.0)
-    level, message = diagnostic_level(None, snap, True, stall_timeout_s=5.0, topic="/cam/image")
+    level, message = diagnostic_level(None, snap, True, stall_timeout_s=5.0, topics=("/cam/image",))
     assert level == 1 and "no frames on /cam/image for 6.0 s" in message
     assert diagnostic_level(None, snap, True, stall_timeout_s=0.0)[0] == 0        # 0 = off
     stats.received(106.5)

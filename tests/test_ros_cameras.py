@@ -16,7 +16,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Bool, String  # noqa: E402
@@ -105,17 +105,27 @@ def test_a_lone_camera_does_not_wait_past_the_window(ros):
         ros.remove(node)
 
 
-def test_diagnostics_name_every_camera(ros):
+def test_diagnostics_name_every_camera_and_warn_of_a_silent_one(ros):
     diagnostics = ros.collect(DiagnosticArray, "/diagnostics")
-    node, _, _ = start(ros, "diag", lambda cfg: SlowFakeInspector(cfg, 0.0), Config())
+    node, (left, _), verdicts = start(ros, "diag", lambda cfg: SlowFakeInspector(cfg, 0.0), Config(),
+                                      **{"input.stall_timeout_s": 1.0, "input.batch_window_ms": 0.0})
+
+    def statuses():
+        return [s for msg in diagnostics for s in msg.status if s.name.startswith("/diag/")]
     try:
-        def cameras():
-            for msg in diagnostics:
-                for status in msg.status:
-                    if status.name.startswith("/diag/"):
-                        return {kv.key: kv.value for kv in status.values}.get("cameras")
-        wait_until(lambda: cameras(), 5, "a diagnostics message of this node")
-        assert cameras() == ", ".join(f"/diag/{t}" for t in TOPICS)
+        stop = time.monotonic() + 4.0
+        while time.monotonic() < stop:          # cam_left keeps sending at 10 Hz, cam_right is dead
+            left.publish(image(FRAME, 1))
+            time.sleep(0.1)
+        wait_until(lambda: any("cam_right" in s.message for s in statuses()), 5, "a WARN about cam_right")
+        status = next(s for s in statuses() if "cam_right" in s.message)
+        values = {kv.key: kv.value for kv in status.values}
+        assert status.level == DiagnosticStatus.WARN and "no frames on /diag/cam_right/image_raw" in status.message
+        assert "cam_left" not in status.message
+        assert values["cameras"] == ", ".join(f"/diag/{t}" for t in TOPICS)
+        assert int(values["camera_cam_left_frames_received"]) > 5 and values["camera_cam_right_frames_received"] == "0"
+        assert float(values["camera_cam_right_seconds_since_last_frame"]) >= 1.0
+        assert float(values["seconds_since_last_frame"]) < 1.0      # the node as a whole looks alive
     finally:
         ros.remove(node)
 

@@ -19,7 +19,7 @@ from clipsam_ros.config import Config, InputConfig, flatten, read_params_file  #
 from clipsam_ros.decision import Defect  # noqa: E402
 from clipsam_ros.resources import config_path  # noqa: E402
 from clipsam_ros.ros.frame_queue import Frame, FrameQueue  # noqa: E402
-from clipsam_ros.ros.messages import diagnostic_level, verdict_json  # noqa: E402
+from clipsam_ros.ros.messages import camera_values, diagnostic_level, verdict_json  # noqa: E402
 from clipsam_ros.ros.node import Throttle, config_overrides  # noqa: E402
 from clipsam_ros.ros.params import check_change, param_specs  # noqa: E402
 from clipsam_ros.ros.qos import image_subscription_qos, policy_warning  # noqa: E402
@@ -94,6 +94,18 @@ def test_closing_a_multi_camera_queue_returns_every_waiting_frame_in_arrival_ord
     assert q.get(timeout=0).seq == 1              # get() takes the oldest of any camera
     assert [f.seq for f in q.close()] == [2, 3, 4]
     assert q.get_batch(1.0) is None
+
+
+def test_one_silent_camera_warns_though_the_others_send():
+    stats = FrameStats(started=0.0, cameras=2)
+    for t in range(1, 10):
+        stats.received(float(t), camera=0)
+    snap = stats.snapshot(now=9.5)
+    assert snap.camera_received == (9, 0) and snap.camera_silence_s == (0.5, 9.5)
+    level, message = diagnostic_level(None, snap, True, stall_timeout_s=5.0, topics=("/a/image", "/b/image"))
+    assert level == 1 and "no frames on /b/image for 9.5 s" in message and "/a/image" not in message
+    assert dict(camera_values(snap, ["a", "b"]))["camera_b_frames_received"] == "0"
+    assert camera_values(snap, [""]) == []                       # one camera: the node's own keys say it
 
 
 def test_accounting_is_exact_and_latency_is_measured():

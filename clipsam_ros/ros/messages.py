@@ -67,12 +67,24 @@ def diagnostic_values(snap: Snapshot, queue_depth: int, queue_capacity: int,
     return values
 
 
+def camera_values(snap: Snapshot, names: list[str]) -> list[tuple[str, str]]:
+    """Per-camera counts for a node with several cameras (none for a single camera)."""
+    if len(names) < 2:
+        return []
+    values = []
+    for name, received, silence in zip(names, snap.camera_received, snap.camera_silence_s):
+        values += [(f"camera_{name}_frames_received", str(received)),
+                   (f"camera_{name}_seconds_since_last_frame", _num(silence))]
+    return values
+
+
 def diagnostic_level(prev: Snapshot | None, snap: Snapshot, worker_alive: bool,
-                     stall_timeout_s: float = 0.0, topic: str = "image") -> tuple[int, str]:
+                     stall_timeout_s: float = 0.0, topics: tuple[str, ...] = ("image",)) -> tuple[int, str]:
     """(0 OK | 1 WARN | 2 ERROR, one-line message) from what changed since the last report.
 
     No frame for `stall_timeout_s` seconds (0 = never) is a WARN: a stalled camera
-    or a broken remap must not look like a quiet, healthy line.
+    or a broken remap must not look like a quiet, healthy line. With several cameras
+    each is watched on its own, so one dead camera is not hidden by the others.
     """
     if not worker_alive:
         return 2, "inference thread stopped: frames are not being inspected"
@@ -82,8 +94,12 @@ def diagnostic_level(prev: Snapshot | None, snap: Snapshot, worker_alive: bool,
     summary = f"{snap.input_rate_hz:.1f} Hz in, {snap.processed_rate_hz:.1f} Hz inspected"
     if errors:
         return 2, f"{errors} error verdict(s) since the last report ({snap.last_error}); {summary}"
-    if stall_timeout_s > 0 and snap.since_last_frame_s >= stall_timeout_s:
-        return 1, (f"no frames on {topic} for {snap.since_last_frame_s:.1f} s "
+    silences = snap.camera_silence_s or (snap.since_last_frame_s,)
+    stalled = [(topic, s) for topic, s in zip(topics, silences) if stall_timeout_s > 0 and s >= stall_timeout_s]
+    if stalled:
+        topic, silence = stalled[0]
+        more = f" (and {len(stalled) - 1} more camera(s))" if len(stalled) > 1 else ""
+        return 1, (f"no frames on {topic} for {silence:.1f} s{more} "
                    f"(input.stall_timeout_s {stall_timeout_s:g}); check the camera and the remapping")
     if dropped:
         return 1, f"{dropped} frame(s) dropped (queue_policy latest) since the last report; {summary}"

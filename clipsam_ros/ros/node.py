@@ -49,7 +49,8 @@ from ..image_codec import ImageDecodeError, compressed_to_rgb, image_to_rgb
 from ..visualize import render_overlay
 from .cameras import Camera, create_cameras
 from .frame_queue import Frame, FrameQueue
-from .messages import diagnostic_array, diagnostic_level, diagnostic_values, image_msg, verdict_json
+from .messages import (camera_values, diagnostic_array, diagnostic_level, diagnostic_values, image_msg,
+                       verdict_json)
 from .params import check_change, config_keys, declare_config, overrides_from_config, plain
 from .qos import image_subscription_qos, policy_warning
 from .stats import FrameStats
@@ -137,13 +138,13 @@ class InspectorNode(Node):
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
         inp = self.cfg.input
+        self._warm_up()          # before the stats start: a long compile is not a stalled camera
         self.queue = FrameQueue(inp.queue_policy, inp.queue_size, cameras=len(self.cameras))
-        self.stats = FrameStats()
+        self.stats = FrameStats(cameras=len(self.cameras))
         self._throttle = Throttle()
         self._decode = compressed_to_rgb if inp.compressed else image_to_rgb
         self._closed = False
         self._previous = None
-        self._warm_up()
         self._worker = threading.Thread(target=self._work, name="clipsam_inference", daemon=True)
         self._worker.start()
         for camera in self.cameras:
@@ -195,7 +196,7 @@ class InspectorNode(Node):
 
     def _on_image(self, msg, camera: int = 0) -> None:
         now = time.monotonic()
-        frame = Frame(msg=msg, received=now, seq=self.stats.received(now), camera=camera)
+        frame = Frame(msg=msg, received=now, seq=self.stats.received(now, camera), camera=camera)
         offer = self.queue.offer(frame)
         if offer.dropped is not None:
             self.stats.dropped()
@@ -222,9 +223,10 @@ class InspectorNode(Node):
         snap = self.stats.snapshot()
         level, message = diagnostic_level(self._previous, snap, self._worker.is_alive() or self._closed,
                                           stall_timeout_s=self.cfg.input.stall_timeout_s,
-                                          topic=self._topic_names())
+                                          topics=tuple(c.subscription.topic_name for c in self.cameras))
         self._previous = snap
         values = diagnostic_values(snap, len(self.queue), self.queue.capacity, self._about())
+        values += camera_values(snap, [camera.name for camera in self.cameras])
         self.pub_diagnostics.publish(diagnostic_array(
             DiagnosticArray, DiagnosticStatus, KeyValue, self.get_clock().now().to_msg(),
             f"{self.get_fully_qualified_name()}: inspection", str(self.inspector.device), level, message, values))

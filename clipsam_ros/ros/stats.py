@@ -43,6 +43,9 @@ class Snapshot:
     stage_p50_ms: dict[str, float]
     last_error: str
     since_last_frame_s: float = 0.0  # since the last frame arrived, or since start when none has
+    # per camera (input.image_topics order): frames received, and seconds since its last one
+    camera_received: tuple[int, ...] = ()
+    camera_silence_s: tuple[float, ...] = ()
 
     @property
     def answered(self) -> int:
@@ -54,10 +57,13 @@ class FrameStats:
     window_s: float = 5.0
     keep: int = 500
     started: float = field(default_factory=time.monotonic)
+    cameras: int = 1
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._received = 0
+        self._camera_received = [0] * self.cameras
+        self._camera_last = [self.started] * self.cameras
         self._dropped = 0
         self._lost = 0
         self._verdicts: Counter[str] = Counter()
@@ -69,12 +75,14 @@ class FrameStats:
         self._latency_ms: deque[float] = deque(maxlen=self.keep)
         self._stage_ms = {s: deque(maxlen=self.keep) for s in STAGES}
 
-    def received(self, now: float) -> int:
+    def received(self, now: float, camera: int = 0) -> int:
         """Count one arriving frame; returns its 1-based arrival number."""
         with self._lock:
             self._received += 1
             self._arrivals.append(now)
             self._last_arrival = now
+            self._camera_received[camera] += 1
+            self._camera_last[camera] = now
             return self._received
 
     def dropped(self, count: int = 1) -> None:
@@ -130,4 +138,6 @@ class FrameStats:
                 stage_p50_ms={s: percentile(v, 50) for s, v in self._stage_ms.items()},
                 last_error=self._last_error,
                 since_last_frame_s=max(now - self._last_arrival, 0.0),
+                camera_received=tuple(self._camera_received),
+                camera_silence_s=tuple(max(now - last, 0.0) for last in self._camera_last),
             )
