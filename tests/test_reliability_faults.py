@@ -168,8 +168,9 @@ def test_a_running_node_listens_on_no_tcp_port(ros, inspector):
 
 
 @pytest.mark.xfail(reason="known gap: with ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, Fast DDS (rmw default) "
-                          "still binds a unicast UDP socket to the host's interface address; confining it "
-                          "needs a DDS transport profile (see docs/RELIABILITY.md)", strict=False)
+                          "still binds a unicast UDP socket to the host's interface address; rmw adds its own "
+                          "transports under LOCALHOST, so a loopback profile cannot confine it while the tests "
+                          "keep LOCALHOST (docs/RELIABILITY.md §4)", strict=False)
 def test_dds_binds_udp_only_to_loopback_or_any(ros, inspector):
     node, *_ = start(ros, inspector, "ports_udp")
     try:
