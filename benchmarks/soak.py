@@ -43,8 +43,6 @@ def rss_mb() -> float:
 
 def build_inspector(workdir: Path):
     """The real offline Inspector on the CPU: LiteMedSAM + a reference bank of 3 good synth parts."""
-    import torch
-
     from clipsam_ros.config import load
     from clipsam_ros.pipeline import Inspector
     from clipsam_ros.resources import config_path

@@ -1,9 +1,12 @@
 """Helpers for the ROS 2 tests: a loopback-only rclpy context spun in the background,
-topic collectors, frame messages and an Inspector built once per module."""
+topic collectors, frame messages, an Inspector built once per module, and the node
+started as its own process."""
 from __future__ import annotations
 
 import copy
 import os
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -13,11 +16,59 @@ from typing import Callable
 import numpy as np
 
 FRAME_SIZE = (320, 240)     # (w, h): small frames keep the CPU tests quick
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def loopback_env(domain_id: int) -> dict[str, str]:
     """The DDS settings every test uses: discovery on localhost only, a domain of its own."""
     return {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "ROS_DOMAIN_ID": str(domain_id)}
+
+
+def process_env(domain_id: int) -> dict[str, str]:
+    """The environment of a node subprocess: loopback DDS in `domain_id`, no model hub,
+    unbuffered output, this checkout importable."""
+    out = dict(os.environ, **loopback_env(domain_id), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    out["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    out.setdefault("AMENT_PREFIX_PATH", sys.prefix)
+    return out
+
+
+class NodeProcess:
+    """A node command run as its own process, its output lines collected as they come.
+    As a context manager it kills the process if a test leaves it running."""
+
+    def __init__(self, cmd: list[str], domain_id: int):
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=process_env(domain_id), stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stdout.readline, "")),
+                                        daemon=True)
+        self._reader.start()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_ready(self, timeout: float) -> None:
+        """Until the node logs "ready:"; fails with its output if it exits first."""
+        wait_until(lambda: any("ready:" in ln for ln in self.lines) or self.proc.poll() is not None,
+                   timeout, "the node")
+        assert self.proc.poll() is None, self.output
+
+    def stop(self, sig: int, timeout: float) -> int:
+        """Send `sig`, wait for the exit, read the rest of the output; the exit code."""
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(5)
+        return code
+
+    def __enter__(self) -> "NodeProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str = "condition") -> None:

@@ -7,11 +7,9 @@ frame is being inspected finishes that frame, publishes its verdict and exits 0.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -25,17 +23,9 @@ from std_msgs.msg import String  # noqa: E402
 from clipsam_ros.resources import config_path  # noqa: E402
 from clipsam_ros.synth import generate_dataset, make_sample  # noqa: E402
 
-from ros_helpers import FRAME_SIZE, RosHarness, image, loopback_env, wait_until  # noqa: E402
+from ros_helpers import FRAME_SIZE, ROOT, NodeProcess, RosHarness, image, process_env, wait_until  # noqa: E402
 
 DOMAIN_ID = 81
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def env() -> dict[str, str]:
-    out = dict(os.environ, **loopback_env(DOMAIN_ID), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    out["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    out.setdefault("AMENT_PREFIX_PATH", sys.prefix)
-    return out
 
 
 def node_cmd(*sets: str) -> list[str]:
@@ -72,7 +62,7 @@ def test_a_bad_weight_file_stops_start_up_with_one_line(case, words, tmp_path, r
     generate_dataset(tmp_path, n=2, seed=0, size=FRAME_SIZE, classes=["metal"])
     sets = _bad_weights(case, tmp_path, real_checkpoint) + [
         f"localizer.reference_dir={tmp_path / 'metal' / 'train' / 'good'}"]
-    done = subprocess.run(node_cmd(*sets), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(node_cmd(*sets), cwd=ROOT, env=process_env(DOMAIN_ID), capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr
     err = done.stderr.strip().splitlines()
     assert len(err) == 1, done.stderr
@@ -81,8 +71,8 @@ def test_a_bad_weight_file_stops_start_up_with_one_line(case, words, tmp_path, r
 
 
 def test_an_invalid_config_value_stops_start_up_naming_the_key():
-    done = subprocess.run(node_cmd("input.stall_timeout_s=-3"), cwd=ROOT, env=env(), capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(node_cmd("input.stall_timeout_s=-3"), cwd=ROOT, env=process_env(DOMAIN_ID),
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 1
     err = done.stderr.strip().splitlines()
     assert len(err) == 1 and "input.stall_timeout_s" in err[0] and "out of range" in err[0], done.stderr
@@ -92,48 +82,37 @@ def test_sigterm_finishes_the_frame_in_flight_publishes_its_verdict_and_exits_0(
     generate_dataset(tmp_path, n=2, seed=0, size=FRAME_SIZE, classes=["metal"])
     cmd = node_cmd(f"localizer.reference_dir={tmp_path / 'metal' / 'train' / 'good'}",
                    "input.reliability=reliable", "input.queue_policy=all") + ["--ros-args", "-r", "__ns:=/term"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
-    reader.start()
-    ros = None
-    try:
-        wait_until(lambda: any("ready:" in ln for ln in lines) or proc.poll() is not None, 240, "the node")
-        assert proc.poll() is None, "".join(lines)
+    with NodeProcess(cmd, DOMAIN_ID) as node:
+        node.wait_ready(240)
         ros = RosHarness(DOMAIN_ID)
-        verdicts = ros.collect(String, "/term/clipsam_inspector/verdict_json")
-        diags = ros.collect(DiagnosticArray, "/diagnostics")
-        pub = ros.tester.create_publisher(Image, "/term/image", 10)
-        wait_until(lambda: pub.get_subscription_count() > 0 and ros.tester.count_publishers(
-            "/term/clipsam_inspector/verdict_json") > 0, 30, "discovery on loopback")
-        stain, _ = make_sample("metal", "stain", seed=5, size=FRAME_SIZE)
-        for sec in (1, 2, 3):
-            pub.publish(image(stain, sec))
+        try:
+            verdicts = ros.collect(String, "/term/clipsam_inspector/verdict_json")
+            diags = ros.collect(DiagnosticArray, "/diagnostics")
+            pub = ros.tester.create_publisher(Image, "/term/image", 10)
+            wait_until(lambda: pub.get_subscription_count() > 0 and ros.tester.count_publishers(
+                "/term/clipsam_inspector/verdict_json") > 0, 30, "discovery on loopback")
+            stain, _ = make_sample("metal", "stain", seed=5, size=FRAME_SIZE)
+            for sec in (1, 2, 3):
+                pub.publish(image(stain, sec))
 
-        def in_flight() -> bool:   # the node has all three and has answered none yet
-            for m in list(diags):
-                kv = {k.key: k.value for k in m.status[0].values}
-                if "/term/" in m.status[0].name and kv.get("frames_received") == "3":
-                    return True
-            return False
+            def in_flight() -> bool:   # the node has all three and has answered none yet
+                for m in list(diags):
+                    kv = {k.key: k.value for k in m.status[0].values}
+                    if "/term/" in m.status[0].name and kv.get("frames_received") == "3":
+                        return True
+                return False
 
-        wait_until(in_flight, 30, "the node to report three frames received")
-        assert not verdicts, "the frames were answered before SIGTERM: the test proves nothing"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=120) == 0, "".join(lines)
-        wait_until(lambda: len(verdicts) == 3, 10, "three verdicts")
-        got = {v["header"]["sec"]: v for v in map(json.loads, (m.data for m in verdicts))}
-        assert sorted(got) == [1, 2, 3]                         # exactly one verdict each
-        assert got[1]["verdict"] == "fail"                      # the frame in flight was finished
-        for sec in (2, 3):                                      # the waiting ones are never a pass
-            assert got[sec]["reject"] is True
-            assert got[sec]["verdict"] == "fail" or "shut down" in got[sec]["error"]
-        reader.join(5)
-        assert any("shutting down" in ln for ln in lines)
-        assert not any("Traceback" in ln for ln in lines), "".join(lines)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if ros is not None:
+            wait_until(in_flight, 30, "the node to report three frames received")
+            assert not verdicts, "the frames were answered before SIGTERM: the test proves nothing"
+            assert node.stop(signal.SIGTERM, timeout=120) == 0, node.output
+            wait_until(lambda: len(verdicts) == 3, 10, "three verdicts")
+            got = {v["header"]["sec"]: v for v in map(json.loads, (m.data for m in verdicts))}
+            assert sorted(got) == [1, 2, 3]                         # exactly one verdict each
+            assert got[1]["verdict"] == "fail"                      # the frame in flight was finished
+            for sec in (2, 3):                                      # the waiting ones are never a pass
+                assert got[sec]["reject"] is True
+                assert got[sec]["verdict"] == "fail" or "shut down" in got[sec]["error"]
+            assert any("shutting down" in ln for ln in node.lines)
+            assert "Traceback" not in node.output, node.output
+        finally:
             ros.close()
