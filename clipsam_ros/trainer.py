@@ -23,7 +23,6 @@ another CLIP is refused in one line) and continues up to `train.epochs`.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -34,7 +33,8 @@ from torch import nn
 from tqdm import tqdm
 
 from .config import Config, ConfigError
-from .localize.clip_adapter import adapter_meta, head_probabilities, load_adapter, make_heads, save_adapter
+from .localize.clip_adapter import (adapter_meta, head_probabilities, load_adapter, make_heads, save_adapter,
+                                    write_checkpoint)
 from .localize.clip_zero_shot import TEMPLATES, state_text_embeddings
 from .localize.umci import UmciHeads, checkpoint_method, load_umci, make_umci, save_umci, umci_meta
 from .models.clip import ClipEncoder
@@ -132,18 +132,6 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
-def _atomic_save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.part-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_heads(path: Path, heads: nn.Module, encoder: ClipEncoder, extra: dict[str, str]) -> None:
     """The inference checkpoint: heads + the localizer's metadata + training facts."""
     if isinstance(heads, UmciHeads):
@@ -168,7 +156,7 @@ def save_adam(path: Path, optimizer: torch.optim.Adam, epochs_done: int) -> None
     for i, p in enumerate(params):
         for name, value in optimizer.state.get(p, {}).items():
             tensors[f"state.{i}.{name}"] = value.detach().float().cpu().reshape(-1).contiguous()
-    _atomic_save(path, tensors, {"format": ADAM_FORMAT, "num_params": str(len(params)),
+    write_checkpoint(path, tensors, {"format": ADAM_FORMAT, "num_params": str(len(params)),
                                  "epochs_done": str(epochs_done)})
 
 

@@ -64,15 +64,51 @@ def adapter_meta(encoder: ClipEncoder) -> dict[str, str]:
     }
 
 
-def save_adapter(path: str | Path, heads: nn.ModuleList, meta: Mapping[str, object]) -> None:
-    """Write heads + metadata as safetensors (atomically: a crash never leaves half a file)."""
+def meta_strings(meta: Mapping[str, object]) -> dict[str, str]:
+    """Checkpoint metadata as safetensors stores it: strings, lists comma-joined."""
+    return {k: (",".join(str(x) for x in v) if isinstance(v, (list, tuple)) else str(v)) for k, v in meta.items()}
+
+
+def write_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    """Tensors + metadata as safetensors, atomically: a crash never leaves half a file."""
     from safetensors.torch import save_file
 
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.part-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_checkpoint(path: str | Path, what: str, method: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of the heads checkpoint at `localizer.checkpoint`, or a one-line
+    AdapterMissingError / AdapterError; `what` names it in messages, `method` is the localizer."""
+    from safetensors import safe_open
+
+    if not str(path).strip():
+        raise AdapterMissingError(f"localizer.checkpoint is empty: the {method} localizer needs trained heads "
+                                  "(train them with `clipsam-ros train`, or use localizer.method=clip_zero_shot)")
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise AdapterMissingError(f"{what} {path} does not exist (localizer.checkpoint); "
+                                  f"train heads with `clipsam-ros train` or fix the path")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return dict(f.metadata() or {}), {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:
+        raise AdapterError(f"{what} {path} is not a readable safetensors file "
+                           f"(localizer.checkpoint): {' '.join(str(exc).split())[:120]}") from None
+
+
+def save_adapter(path: str | Path, heads: nn.ModuleList, meta: Mapping[str, object]) -> None:
+    """Write heads + metadata as safetensors (atomically: a crash never leaves half a file)."""
     missing = [k for k in META_KEYS if k not in meta]
     if missing:
         raise ValueError(f"adapter metadata lacks {', '.join(missing)} (build it with adapter_meta(encoder))")
-    strings = {k: (",".join(str(x) for x in v) if isinstance(v, (list, tuple)) else str(v))
-               for k, v in meta.items()}
+    strings = meta_strings(meta)
     strings["format"] = ADAPTER_FORMAT
     strings["num_heads"] = str(len(heads))
     tensors: dict[str, torch.Tensor] = {}
@@ -80,14 +116,7 @@ def save_adapter(path: str | Path, heads: nn.ModuleList, meta: Mapping[str, obje
         tensors[f"heads.{i}.weight"] = head.weight.detach().float().cpu().contiguous()
         if head.bias is not None:
             tensors[f"heads.{i}.bias"] = head.bias.detach().float().cpu().contiguous()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.part-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=strings)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_checkpoint(path, tensors, strings)
 
 
 def _differences(meta: Mapping[str, str], encoder: ClipEncoder) -> list[str]:
@@ -103,22 +132,8 @@ def _differences(meta: Mapping[str, str], encoder: ClipEncoder) -> list[str]:
 
 def load_adapter(path: str | Path, encoder: ClipEncoder) -> nn.ModuleList:
     """Heads from a safetensors checkpoint, checked against `encoder`; frozen, eval, on its device."""
-    from safetensors import safe_open
-
-    if not str(path).strip():
-        raise AdapterMissingError("localizer.checkpoint is empty: the clip_adapter localizer needs trained heads "
-                                  "(train them with `clipsam-ros train`, or use localizer.method=clip_zero_shot)")
+    meta, tensors = read_checkpoint(path, "adapter checkpoint", "clip_adapter")
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise AdapterMissingError(f"adapter checkpoint {path} does not exist (localizer.checkpoint); "
-                                  f"train heads with `clipsam-ros train` or fix the path")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:
-        raise AdapterError(f"adapter checkpoint {path} is not a readable safetensors file "
-                           f"(localizer.checkpoint): {' '.join(str(exc).split())[:120]}") from None
     if meta.get("format") != ADAPTER_FORMAT:
         raise AdapterMismatchError(f"adapter checkpoint {path} is not a clip_adapter checkpoint "
                                    f"(format {meta.get('format', 'missing')!r}); fix localizer.checkpoint")

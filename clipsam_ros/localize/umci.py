@@ -52,7 +52,6 @@ loading into a different CLIP is refused with the adapter's one-line
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -61,8 +60,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.clip import ClipEncoder
-from .clip_adapter import (ADAPTER_FORMAT, META_KEYS, AdapterError, AdapterMismatchError, AdapterMissingError,
-                           ClipAdapterLocalizer, _differences, adapter_meta)
+from .clip_adapter import (ADAPTER_FORMAT, META_KEYS, AdapterMismatchError, ClipAdapterLocalizer, _differences,
+                           adapter_meta, meta_strings, read_checkpoint, write_checkpoint)
 
 UMCI_FORMAT = "clipsam_ros.umci/1"
 FORMATS = {ADAPTER_FORMAT: "clip_adapter", UMCI_FORMAT: "umci"}
@@ -164,44 +163,20 @@ def checkpoint_method(path: str | Path) -> str | None:
 
 def save_umci(path: str | Path, heads: UmciHeads, meta: Mapping[str, object]) -> None:
     """Write UMCI heads + metadata as safetensors, atomically (a crash never leaves half a file)."""
-    from safetensors.torch import save_file
-
     missing = [k for k in META_KEYS if k not in meta]
     if missing:
         raise ValueError(f"UMCI metadata lacks {', '.join(missing)} (build it with umci_meta(encoder, heads))")
-    strings = {k: (",".join(str(x) for x in v) if isinstance(v, (list, tuple)) else str(v))
-               for k, v in meta.items()}
+    strings = meta_strings(meta)
     strings.update(format=UMCI_FORMAT, method="umci", attn_dim=str(heads.attn_dim),
                    scales=",".join(str(s) for s in heads.scales), num_heads=str(len(heads)))
     tensors = {f"umci.{k}": v.detach().float().cpu().contiguous() for k, v in heads.state_dict().items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.part-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=strings)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_checkpoint(path, tensors, strings)
 
 
 def load_umci(path: str | Path, encoder: ClipEncoder) -> UmciHeads:
     """UMCI heads from a safetensors checkpoint, checked against `encoder`; frozen, eval, on its device."""
-    from safetensors import safe_open
-
-    if not str(path).strip():
-        raise AdapterMissingError("localizer.checkpoint is empty: the umci localizer needs trained heads "
-                                  "(train them with `clipsam-ros train`, or use localizer.method=clip_zero_shot)")
+    meta, tensors = read_checkpoint(path, "UMCI checkpoint", "umci")
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise AdapterMissingError(f"UMCI checkpoint {path} does not exist (localizer.checkpoint); "
-                                  f"train heads with `clipsam-ros train` or fix the path")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:
-        raise AdapterError(f"UMCI checkpoint {path} is not a readable safetensors file "
-                           f"(localizer.checkpoint): {' '.join(str(exc).split())[:120]}") from None
     fmt = meta.get("format")
     if fmt != UMCI_FORMAT:
         other = FORMATS.get(fmt or "")
