@@ -18,7 +18,7 @@ import torch
 
 from .config import Config, ConfigError
 from .decision import ERROR, Defect, find_defects, verdict_of
-from .models.accel import AccelSettings, run_encoders
+from .models.accel import run_encoders
 from .models.sam import SamModel, build_sam
 from .refine.cps import Refinement, refine_cps, threshold_only
 from .refine.mmr import refine_mmr
@@ -191,8 +191,7 @@ class Inspector:
         """Both image encoders, once each (CLIP only with a CLIP localizer); overlapped on two
         CUDA streams when `runtime.cuda_streams` is on. Stages `clip_encoder` and `sam_encoder`
         are each encoder's own time; `encoders` (overlapped only) is their wall time."""
-        streams = AccelSettings.from_config(self.cfg, self.device).cuda_streams
-        run = run_encoders(clip_fn, sam_fn, self.device, streams=streams)
+        run = run_encoders(clip_fn, sam_fn, self.device, streams=self.sam.accel.cuda_streams)
         if run.clip_ms is not None:
             watch.add("clip_encoder", run.clip_ms)
         watch.add("sam_encoder", run.sam_ms)
