@@ -179,13 +179,22 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     valid = arr if all_finite else arr[finite]
     lo, hi = float(valid.min()), float(valid.max())
     if not hi > lo:
+        # a flat image (one finite value, ±0 included) is a valid image: black
         return np.zeros(arr.shape, np.uint8)
     # float64 keeps 32-bit ints and wide float ranges exact enough for 8 bits
-    with np.errstate(invalid="ignore"):  # NaN/inf pixels are zeroed below
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf pixels are zeroed below
         scaled = arr.astype(np.float64)
-        scaled *= 0.5  # halving first keeps hi - lo finite for data near +-1e308
-        scaled -= lo * 0.5
-        scaled *= 255.0 / (hi * 0.5 - lo * 0.5)
+        span = hi - lo
+        if np.isfinite(span):
+            # divide by the span, never multiply by its reciprocal: 255 / span overflows
+            # when the finite range is subnormal (e.g. 0 .. 5e-324)
+            scaled -= lo
+            scaled /= span
+        else:
+            # data near ±1.8e308: hi - lo overflows, halves do not
+            scaled = scaled * 0.5 - lo * 0.5
+            scaled /= hi * 0.5 - lo * 0.5
+        scaled *= 255.0
         np.rint(scaled, out=scaled)
         np.clip(scaled, 0, 255, out=scaled)
         if not all_finite:

@@ -122,6 +122,42 @@ def test_float_extreme_range():
     assert image_to_rgb(msg(values, "32FC1"))[0, :, 0].tolist() == [0, 255]
 
 
+# Every edge of the float / integer encodings is a valid frame: it is decoded, never rejected.
+# (name -> encoding, values, expected first-channel row); one row of pixels each, both byte orders.
+F32, F64 = np.finfo(np.float32), np.finfo(np.float64)
+EDGES = {
+    "subnormal_f64_range": ("64FC1", np.array([0.0, 5e-324], np.float64), [0, 255]),
+    "subnormal_f32_range": ("32FC1", np.array([0.0, F32.smallest_subnormal], np.float32), [0, 255]),
+    "subnormal_between_normals": ("64FC1", np.array([-1.0, 5e-324, 1.0], np.float64), [0, 128, 255]),
+    "zero_width_f32": ("32FC1", np.full(4, 7.25, np.float32), [0, 0, 0, 0]),
+    "zero_width_f64_subnormal": ("64FC1", np.full(3, 5e-324, np.float64), [0, 0, 0]),
+    "plus_and_minus_zero": ("32FC1", np.array([0.0, -0.0, 0.0], np.float32), [0, 0, 0]),
+    "minus_zero_to_one": ("64FC1", np.array([-0.0, 1.0], np.float64), [0, 255]),
+    "inf_nan_around_finite": ("32FC1", np.array([np.inf, -1.0, np.nan, 1.0, -np.inf], np.float32),
+                              [0, 0, 0, 255, 0]),
+    "one_finite_among_nonfinite": ("64FC1", np.array([np.nan, 2.0, np.inf], np.float64), [0, 0, 0]),
+    "only_nonfinite": ("32FC1", np.array([np.nan, np.inf, -np.inf], np.float32), [0, 0, 0]),
+    "f64_full_range": ("64FC1", np.array([F64.min, 0.0, F64.max], np.float64), [0, 128, 255]),
+    "f32_full_range": ("32FC1", np.array([F32.min, F32.max], np.float32), [0, 255]),
+    "int32_full_range": ("32SC1", np.array([-2**31, 0, 2**31 - 1], np.int32), [0, 128, 255]),
+    "int32_flat": ("32SC1", np.full(3, -2**31, np.int32), [0, 0, 0]),
+    "int16_full_range": ("16SC1", np.array([-2**15, 2**15 - 1], np.int16), [0, 255]),
+    "int8_full_range": ("8SC1", np.array([-128, 127], np.int8), [0, 255]),
+    "uint16_full_range": ("16UC1", np.array([0, 257, 65535], np.uint16), [0, 1, 255]),
+    "uint16_flat_max": ("mono16", np.full(2, 65535, np.uint16), [255, 255]),
+}
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["little_endian", "big_endian"])
+@pytest.mark.parametrize("edge", sorted(EDGES))
+def test_encoding_edges_decode(edge, big):
+    encoding, values, expected = EDGES[edge]
+    out = image_to_rgb(msg(values[None, :], encoding, big=big))
+    assert out.shape == (1, len(values), 3) and out.dtype == np.uint8
+    assert out[0, :, 0].tolist() == expected, edge
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+
+
 @pytest.mark.parametrize("encoding,dtype", [("16UC1", np.uint16), ("32FC1", np.float32),
                                             ("64FC1", np.float64), ("rgb16", np.uint16)])
 def test_big_and_little_endian_agree(encoding, dtype):
