@@ -64,8 +64,13 @@ def _wait(predicate, timeout: float) -> bool:
 
 
 def run_soak(inspector, policy: str, frames: int, rate_hz: float = 50.0, domain_id: int = DEFAULT_DOMAIN,
-             warmup_frames: int | None = None, queue_size: int = 8) -> dict:
-    """Send `frames` frames at `rate_hz` to a fresh node with `policy`; the figures as a dict."""
+             warmup_frames: int | None = None, queue_size: int = 8, reliability: str | None = None) -> dict:
+    """Send `frames` frames at `rate_hz` to a fresh node with `policy`; the figures as a dict.
+
+    `reliability` (default: reliable for `all`, best_effort for `latest`) is the camera's and the
+    node's subscription QoS. Under best effort the middleware may lose frames before the node
+    sees them (`not_received`): that is reported, never checked, because it measures the
+    machine's transport, not the node."""
     os.environ.update({"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "ROS_DOMAIN_ID": str(domain_id)})
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
@@ -81,7 +86,7 @@ def run_soak(inspector, policy: str, frames: int, rate_hz: float = 50.0, domain_
     from clipsam_ros.ros.params import overrides_from_config
     from clipsam_ros.synth import make_sample
 
-    reliability = "reliable" if policy == "all" else "best_effort"
+    reliability = reliability or ("reliable" if policy == "all" else "best_effort")
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
     executor = MultiThreadedExecutor(num_threads=2, context=context)
@@ -111,7 +116,9 @@ def run_soak(inspector, policy: str, frames: int, rate_hz: float = 50.0, domain_
     camera.create_subscription(String, f"/soak_{policy}/clipsam_inspector/verdict_json", on_verdict, keep_all)
     # a triggered camera keeps every frame until it is acknowledged (KEEP_ALL + reliable)
     camera_qos = (QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
-                  if policy == "all" else QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
+                  if policy == "all" else
+                  QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE if reliability == "reliable"
+                             else ReliabilityPolicy.BEST_EFFORT))
     pub = camera.create_publisher(Image, f"/soak_{policy}/image", camera_qos)
     if not _wait(lambda: pub.get_subscription_count() > 0 and node.camera.verdict_json.get_subscription_count() > 0,
                  30):
@@ -122,6 +129,7 @@ def run_soak(inspector, policy: str, frames: int, rate_hz: float = 50.0, domain_
     msgs = [image_msg(Image, Header(frame_id="soak"), p, "rgb8") for p in parts]
     warmup = warmup_frames if warmup_frames is not None else max(frames // 10, 20)
     rss_start, rss_warm, rss_peak = rss_mb(), float("nan"), 0.0
+    queue_peak = 0   # frames waiting, sampled at every send: bounded by the queue's capacity
     period = 1.0 / rate_hz
     t0 = time.monotonic()
     for i in range(1, frames + 1):
@@ -133,6 +141,7 @@ def run_soak(inspector, policy: str, frames: int, rate_hz: float = 50.0, domain_
             time.sleep(delay)
         sent_at[i] = time.monotonic()
         pub.publish(msg)
+        queue_peak = max(queue_peak, len(node.queue))
         if i >= warmup and answers and rss_warm != rss_warm:
             # warm-up over: DDS buffers, the first inference and the allocator's pools are in place
             rss_warm = rss_mb()
@@ -149,7 +158,9 @@ def run_soak(inspector, policy: str, frames: int, rate_hz: float = 50.0, domain_
         with lock:
             n = sum(len(v) for v in answers.values())
         return s.in_flight == 0 and len(node.queue) == 0 and n >= s.answered
-    _wait(settled, 60 + 10 * queue_size)
+    # the deadline follows the measured inference time: everything still queued, plus slack
+    per_frame_s = max(node.stats.recent("inference") or [1000.0]) / 1000.0
+    _wait(settled, 30 + 3 * per_frame_s * (queue_size + 2))
     time.sleep(0.5)
     rss_end = rss_mb()
     rss_peak = max(rss_peak, rss_end)
@@ -182,6 +193,8 @@ def run_soak(inspector, policy: str, frames: int, rate_hz: float = 50.0, domain_
         "frames_with_a_verdict": len(got),
         "frames_with_several_verdicts": sum(1 for v in got.values() if len(v) > 1),
         "frames_without_a_verdict": frames - len(got),
+        "last_frame_answered": frames in got,
+        "queue_peak": queue_peak, "queue_capacity": node.queue.capacity,
         "inference_ms_p50": round(inf_p50, 1),
         "inspected_latency_ms": {"n": len(inspected_latency),
                                  "p50": round(float(np.percentile(inspected_latency, 50)), 1)
@@ -193,7 +206,8 @@ def run_soak(inspector, policy: str, frames: int, rate_hz: float = 50.0, domain_
     }
     checks = {"memory_growth_under_5pct": growth < 5.0,
               "accounting_exact": snap.in_flight == 0 and snap.received == snap.dropped + snap.answered,
-              "no_frame_answered_twice": out["frames_with_several_verdicts"] == 0}
+              "no_frame_answered_twice": out["frames_with_several_verdicts"] == 0,
+              "queue_within_capacity": queue_peak <= node.queue.capacity}
     if policy == "latest":
         checks["latency_p95_under_2_inferences"] = p95 < 2.0 * inf_p50
     else:

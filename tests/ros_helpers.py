@@ -71,6 +71,31 @@ class NodeProcess:
             self.proc.wait()
 
 
+_MEASURED_S: dict[int, float] = {}
+
+
+def inference_deadline(inspector, frames: int = 1, factor: float = 20.0, floor_s: float = 20.0) -> float:
+    """How long a test may wait for `frames` inferences: `factor` times this machine's own
+    measured time for one frame (measured once per inspector, on a synthetic part at FRAME_SIZE),
+    and never less than `floor_s`. Waits follow the machine; nothing asserts its speed."""
+    key = id(inspector)
+    if key not in _MEASURED_S:
+        from clipsam_ros.synth import make_sample
+
+        rgb, _ = make_sample("metal", "stain", seed=5, size=FRAME_SIZE)
+        start = time.monotonic()
+        inspector.inspect(rgb)
+        _MEASURED_S[key] = time.monotonic() - start
+    return max(floor_s, factor * frames * _MEASURED_S[key])
+
+
+def verdicts_settled(node, verdicts: list) -> bool:
+    """True when the node has nothing in flight and every verdict it counted has arrived in
+    `verdicts` (so a duplicate, had there been one, would be there too)."""
+    snap = node.stats.snapshot()
+    return snap.in_flight == 0 and len(verdicts) >= snap.answered
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -216,12 +241,17 @@ def passed(rgb: np.ndarray):
 
 @dataclass
 class SlowFakeInspector:
-    """Stands in for Inspector where only the timing matters: sleeps once per call
-    (one frame or one batch, like the encoders), then passes every frame."""
+    """Stands in for Inspector where only the queueing matters (no model can be fast or slow
+    enough on demand): each call (one frame or one batch, like the encoders) waits until
+    `gate` is open, when one is given, then sleeps `seconds`, then passes every frame.
+    A test holds the gate closed to keep a frame "in inference" for exactly as long as it
+    needs, so what it counts does not depend on the machine's speed."""
     cfg: object                                    # the node's Config
     seconds: float
     device: str = "cpu"
     clip_encoder: None = None
+    gate: threading.Event | None = None
+    started: int = 0                               # calls that have begun
     seen: list = field(default_factory=list)       # frame shapes inspected
     batches: list = field(default_factory=list)    # frames per call
     warm_ups: list = field(default_factory=list)   # (frames, batch) per warm_up call
@@ -230,6 +260,9 @@ class SlowFakeInspector:
         return self.inspect_batch([rgb])[0]
 
     def inspect_batch(self, images: list[np.ndarray]) -> list:
+        self.started += 1
+        if self.gate is not None:
+            self.gate.wait()
         self.seen.extend(rgb.shape for rgb in images)
         self.batches.append(len(images))
         time.sleep(self.seconds)

@@ -218,6 +218,7 @@ def fresh_inspector(cfg, sam) -> Inspector:
     return Inspector(cfg, sam, build_localizer(cfg, sam, CPU, progress=False), CPU)
 
 
+@pytest.mark.slow   # whole warm-up frames through the real models
 def test_warm_up_runs_frames_that_count_nowhere(reference_cfg, lite_sam):
     cold, warm = fresh_inspector(reference_cfg, lite_sam), fresh_inspector(reference_cfg, lite_sam)
     spy = warm.localizer = CountingLocalizer(warm.localizer)

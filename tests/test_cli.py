@@ -13,6 +13,8 @@ from clipsam_ros.cli import main
 from clipsam_ros.resources import config_path
 from clipsam_ros.synth import generate_dataset
 
+pytestmark = pytest.mark.slow   # subprocesses: the clipsam-ros command line
+
 
 @pytest.fixture(scope="module")
 def metal(tmp_path_factory):

@@ -30,6 +30,8 @@ from clipsam_ros.synth import make_sample, sample_seed
 from clipsam_ros.synth_bag import GT_TOPIC, IMAGE_TOPIC, good_dir_of, write_synth_bag
 from clipsam_ros.vision_msgs_defs import OUTPUT_TOPICS, OUTPUT_TYPES, bag_typestore
 
+pytestmark = pytest.mark.slow   # whole recordings replayed through the real Inspector
+
 SIZE = (320, 240)
 OFFLINE = str(config_path("offline.yaml"))
 

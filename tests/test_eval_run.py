@@ -10,6 +10,8 @@ from clipsam_ros.eval.metrics import METRIC_KEYS
 from clipsam_ros.resources import config_path
 from clipsam_ros.synth import generate_dataset
 
+pytestmark = pytest.mark.slow   # an eval run over a synthetic dataset
+
 
 @pytest.fixture(scope="module")
 def metal_root(tmp_path_factory):

@@ -112,6 +112,7 @@ def test_reference_without_images_or_bank_is_a_config_error(offline_cfg, lite_sa
         build_localizer(cfg, lite_sam, torch.device("cpu"))
 
 
+@pytest.mark.slow   # a random CLIP ViT-L at 336 px
 def test_clip_localizer_encodes_clip_once_per_frame(offline_cfg, lite_sam):
     """The CLIP path with a small random-init CLIP (no weights can be fetched here)."""
     cfg = copy.deepcopy(offline_cfg)

@@ -18,6 +18,8 @@ from clipsam_ros.synth import PRODUCTS, make_sample
 
 from conftest import coarse_from_truth
 
+pytestmark = pytest.mark.slow   # the real cascade over a synthetic test set
+
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max((a | b).sum(), 1))

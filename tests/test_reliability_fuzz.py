@@ -34,6 +34,8 @@ from clipsam_ros.image_codec import _ENCODINGS, compressed_to_rgb, image_to_rgb 
 from clipsam_ros.ros.messages import verdict_json  # noqa: E402
 from clipsam_ros.ros.node import decode_frame  # noqa: E402
 
+pytestmark = pytest.mark.slow   # the long fuzz: ten thousand messages
+
 SCALE = float(os.environ.get("CLIPSAM_FUZZ_SCALE") or (10 if os.environ.get("CLIPSAM_LONG") == "1" else 1))
 RUN: Counter[str] = Counter()   # messages actually run, per test (printed at the end)
 

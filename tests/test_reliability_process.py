@@ -25,6 +25,8 @@ from clipsam_ros.synth import generate_dataset, make_sample  # noqa: E402
 
 from ros_helpers import FRAME_SIZE, ROOT, NodeProcess, RosHarness, image, process_env, wait_until  # noqa: E402
 
+pytestmark = pytest.mark.slow   # subprocesses: the node as its own process
+
 DOMAIN_ID = 81
 
 

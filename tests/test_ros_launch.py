@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow   # ros2 launch (where launch is installed)
+
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "inspect.launch.py"
 RVIZ = ROOT / "config" / "inspect.rviz"

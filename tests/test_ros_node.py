@@ -4,7 +4,6 @@ diagnostics, parameters. DDS stays on loopback in domain 57."""
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 
 import cv2
@@ -26,11 +25,13 @@ from clipsam_ros.ros.params import overrides_from_config, param_specs  # noqa: E
 from clipsam_ros.synth import make_sample  # noqa: E402
 from clipsam_ros.visualize import VERDICT_COLOURS  # noqa: E402
 
-from ros_helpers import (FRAME_SIZE, RosHarness, build_offline_inspector, header, image, pixels,  # noqa: E402
-                         raw_image, ros_fixture, sharing, stamp, wait_until)
+from ros_helpers import (FRAME_SIZE, RosHarness, build_offline_inspector, header, image,  # noqa: E402
+                         inference_deadline, pixels, raw_image, ros_fixture, sharing, stamp,
+                         verdicts_settled, wait_until)
+
+pytestmark = pytest.mark.slow   # DDS: the node on loopback
 
 DOMAIN_ID = 57
-INFERENCE_TIMEOUT = 60.0      # seconds for one frame on a busy 2-core CPU
 
 
 @dataclass
@@ -40,13 +41,15 @@ class Line:
     pub: object
     out: dict[str, list]
 
-    def verdict(self, sec: int, timeout: float = INFERENCE_TIMEOUT) -> dict:
-        """The one verdict_json of the frame stamped `sec` (waits for it)."""
+    def verdict(self, sec: int, timeout: float | None = None) -> dict:
+        """The one verdict_json of the frame stamped `sec` (waits for it, and for every verdict
+        the node has counted, so a duplicate would be seen)."""
         def mine():
             return [v for v in map(json.loads, (m.data for m in self.out["verdict_json"]))
                     if v["header"]["sec"] == sec]
-        wait_until(lambda: mine(), timeout, f"the verdict of frame {sec}")
-        time.sleep(0.05)   # a duplicate would arrive right behind it
+        deadline = timeout or inference_deadline(self.node.inspector)
+        wait_until(lambda: mine(), deadline, f"the verdict of frame {sec}")
+        wait_until(lambda: verdicts_settled(self.node, self.out["verdict_json"]), deadline, "every verdict")
         found = mine()
         assert len(found) == 1, f"frame {sec} got {len(found)} verdicts"
         return found[0]
@@ -158,7 +161,7 @@ def test_malformed_frames_get_error_and_reject_and_the_node_keeps_going(line, tw
     before = line.node.stats.snapshot()
     for sec, (fields, words) in MALFORMED.items():
         line.pub.publish(raw_image(sec, **fields))
-        verdict = line.verdict(sec, timeout=10)
+        verdict = line.verdict(sec)
         assert verdict["verdict"] == "error" and verdict["reject"] is True, sec
         assert words in verdict["error"], (sec, verdict["error"])
         assert not line.images("mask", sec)                               # no result to show

@@ -1,13 +1,15 @@
 """Queue policies under a burst, and closing with frames still queued (domain 58).
 
-These tests are about queueing only, so inference is a fake that sleeps a fixed
-time and passes every frame: that makes the burst arithmetic deterministic and
-keeps the CPU free. Everything about real inference is in test_ros_node.py.
+These tests are about queueing only, so inference is a fake that passes every frame and
+is held "busy" by a gate the test opens: each frame is published only once the node has
+received the previous one, and the burst arrives while the first frame is held in
+inference. So the arithmetic is exact on any machine, and the CPU stays free. Everything
+about real inference is in test_ros_node.py.
 """
 from __future__ import annotations
 
 import json
-import time
+import threading
 
 import numpy as np
 import pytest
@@ -24,6 +26,8 @@ from clipsam_ros.ros.params import overrides_from_config  # noqa: E402
 
 from ros_helpers import SlowFakeInspector, image, ros_fixture, wait_until  # noqa: E402
 
+pytestmark = pytest.mark.slow   # DDS: queue policies under bursts
+
 DOMAIN_ID = 58
 FRAME = np.full((48, 64, 3), 128, np.uint8)
 
@@ -31,11 +35,11 @@ FRAME = np.full((48, 64, 3), 128, np.uint8)
 ros = ros_fixture(DOMAIN_ID)
 
 
-def start(ros, namespace: str, seconds: float, **settings):
+def start(ros, namespace: str, seconds: float, gate: threading.Event | None = None, **settings):
     fakes = []
 
     def factory(cfg):
-        fakes.append(SlowFakeInspector(cfg, seconds))
+        fakes.append(SlowFakeInspector(cfg, seconds, gate=gate))
         return fakes[-1]
     overrides = overrides_from_config(Config()) + [Parameter(k, value=v) for k, v in settings.items()]
     node = ros.add(InspectorNode(factory, namespace=namespace, parameter_overrides=overrides, context=ros.context))
@@ -45,6 +49,18 @@ def start(ros, namespace: str, seconds: float, **settings):
     wait_until(lambda: pub.get_subscription_count() > 0 and node.camera.verdict_json.get_subscription_count() > 0
                and node.camera.reject.get_subscription_count() > 0, 10, "matching")
     return node, pub, verdicts, rejects
+
+
+def burst_while_busy(node, pub, n: int, gate: threading.Event) -> None:
+    """Frame 1 goes into inference and is held there; frames 2..n arrive one by one while it is,
+    each after the node has received the one before (so DDS replaces none); then the gate opens."""
+    (fake,) = [node.inspector]
+    pub.publish(image(FRAME, 1))
+    wait_until(lambda: fake.started == 1, 10, "frame 1 in inference")
+    for sec in range(2, n + 1):
+        pub.publish(image(FRAME, sec))
+        wait_until(lambda: node.stats.snapshot().received == sec, 10, f"frame {sec} received")
+    gate.set()
 
 
 def by_stamp(verdicts) -> dict[int, list[dict]]:
@@ -61,20 +77,20 @@ def settled(node) -> bool:
 
 
 def test_latest_keeps_the_newest_frame_and_counts_what_it_drops(ros):
-    node, pub, verdicts, rejects = start(ros, "q_latest", 0.3, **{"input.queue_policy": "latest",
-                                                                   "input.reliability": "reliable"})
+    gate = threading.Event()
+    node, pub, verdicts, rejects = start(ros, "q_latest", 0.0, gate, **{"input.queue_policy": "latest",
+                                                                         "input.reliability": "reliable"})
     try:
         n = 12
-        for sec in range(1, n + 1):          # a 100 Hz camera: far faster than inference
-            pub.publish(image(FRAME, sec))
-            time.sleep(0.01)
-        wait_until(lambda: node.stats.snapshot().received == n and settled(node), 20, "the burst to settle")
+        burst_while_busy(node, pub, n, gate)   # a camera far faster than inference
+        wait_until(lambda: settled(node), 20, "the burst to settle")
         snap = node.stats.snapshot()
-        assert snap.dropped > 0 and snap.dropped == n - snap.answered
+        # frame 1 was in inference; each of 2..n replaced the one waiting; n waited last
+        assert snap.dropped == n - 2 and snap.answered == 2
         wait_until(lambda: len(by_stamp(verdicts)) == snap.answered, 5, "every verdict")
         answered = by_stamp(verdicts)
         assert all(len(v) == 1 for v in answered.values())                 # one verdict each
-        assert n in answered                                               # the newest is never dropped
+        assert sorted(answered) == [1, n]                                  # the newest is never dropped
         assert snap.answered == snap.verdicts["pass"] and snap.errors["overflow"] == 0
         wait_until(lambda: len(rejects) == snap.answered, 5, "rejects")
     finally:
@@ -82,15 +98,14 @@ def test_latest_keeps_the_newest_frame_and_counts_what_it_drops(ros):
 
 
 def test_all_answers_every_frame_and_rejects_what_does_not_fit(ros):
-    node, pub, verdicts, rejects = start(ros, "q_all", 0.3, **{"input.queue_policy": "all",
-                                                                "input.queue_size": 3,
-                                                                "input.reliability": "reliable"})
+    gate = threading.Event()
+    node, pub, verdicts, rejects = start(ros, "q_all", 0.0, gate, **{"input.queue_policy": "all",
+                                                                      "input.queue_size": 3,
+                                                                      "input.reliability": "reliable"})
     try:
         n = 10
-        for sec in range(1, n + 1):          # a trigger burst at 100 Hz
-            pub.publish(image(FRAME, sec))
-            time.sleep(0.01)
-        wait_until(lambda: node.stats.snapshot().received == n and settled(node), 20, "the burst to settle")
+        burst_while_busy(node, pub, n, gate)   # a trigger burst faster than inference
+        wait_until(lambda: settled(node), 20, "the burst to settle")
         wait_until(lambda: len(verdicts) == n, 5, "a verdict for every frame")
         answered = by_stamp(verdicts)
         assert sorted(answered) == list(range(1, n + 1))
@@ -99,7 +114,8 @@ def test_all_answers_every_frame_and_rejects_what_does_not_fit(ros):
         assert overflow and all("queue full" in answered[s][0]["error"] for s in overflow)
         assert all(answered[s][0]["reject"] for s in overflow)
         inspected = [sec for sec, (v,) in answered.items() if v["verdict"] == "pass"]
-        assert inspected[:4] == [1, 2, 3, 4]         # the first fills the worker, three wait in the queue
+        assert inspected == [1, 2, 3, 4]             # the first fills the worker, three wait in the queue
+        assert overflow == list(range(5, n + 1))
         snap = node.stats.snapshot()
         assert snap.dropped == 0 and snap.errors["overflow"] == len(overflow)
         assert snap.received == snap.answered == n
@@ -110,12 +126,21 @@ def test_all_answers_every_frame_and_rejects_what_does_not_fit(ros):
 
 
 def test_closing_answers_the_frames_still_queued(ros):
-    node, pub, verdicts, _ = start(ros, "q_close", 1.0, **{"input.queue_policy": "all",
-                                                           "input.reliability": "reliable"})
-    for sec in range(1, 5):
+    gate = threading.Event()
+    node, pub, verdicts, _ = start(ros, "q_close", 0.0, gate, **{"input.queue_policy": "all",
+                                                                 "input.reliability": "reliable"})
+    pub.publish(image(FRAME, 1))
+    wait_until(lambda: node.inspector.started == 1, 10, "frame 1 in inference")
+    for sec in range(2, 5):
         pub.publish(image(FRAME, sec))
     wait_until(lambda: node.stats.snapshot().received == 4 and len(node.queue) == 3, 10, "four frames in")
-    node.close()                                   # as on SIGINT: the frame being inspected finishes
+    # as on SIGINT: the queued frames are answered at once, the frame being inspected finishes
+    closing = threading.Thread(target=node.close)
+    closing.start()
+    wait_until(lambda: node.stats.snapshot().errors["shutdown"] == 3, 10, "the queued frames answered")
+    assert closing.is_alive()                      # still waiting for frame 1
+    gate.set()
+    closing.join(30)
     wait_until(lambda: len(verdicts) == 4, 5, "four verdicts")
     answered = {sec: v for sec, (v,) in by_stamp(verdicts).items()}
     assert answered[1]["verdict"] == "pass"

@@ -156,6 +156,7 @@ def short_prompts(monkeypatch):
     monkeypatch.setattr(zero_shot, "prompt_texts", lambda name, states, templates: real(name, states, templates[:2]))
 
 
+@pytest.mark.slow   # every localizer x refiner on a random ViT-L
 def test_every_localizer_with_every_refiner_inspects_a_frame(trained, roots, lite_sam, short_prompts):
     base = load(config_path("offline.yaml"), CLIP_SETS)
     base.localizer.reference_dir = str(roots[0] / "metal" / "train" / "good")
