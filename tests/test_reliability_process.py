@@ -94,26 +94,33 @@ def test_sigterm_finishes_the_frame_in_flight_publishes_its_verdict_and_exits_0(
             wait_until(lambda: pub.get_subscription_count() > 0 and ros.tester.count_publishers(
                 "/term/clipsam_inspector/verdict_json") > 0, 30, "discovery on loopback")
             stain, _ = make_sample("metal", "stain", seed=5, size=FRAME_SIZE)
-            for sec in (1, 2, 3):
+            frames = 8           # seconds of work queued on this CPU: SIGTERM finds a frame in flight
+            for sec in range(1, frames + 1):
                 pub.publish(image(stain, sec))
 
-            def in_flight() -> bool:   # the node has all three and has answered none yet
+            def all_received() -> bool:
                 for m in list(diags):
                     kv = {k.key: k.value for k in m.status[0].values}
-                    if "/term/" in m.status[0].name and kv.get("frames_received") == "3":
+                    if "/term/" in m.status[0].name and kv.get("frames_received") == str(frames):
                         return True
                 return False
 
-            wait_until(in_flight, 30, "the node to report three frames received")
-            assert not verdicts, "the frames were answered before SIGTERM: the test proves nothing"
+            wait_until(all_received, 60, f"the node to report {frames} frames received")
+            answered_before = len(verdicts)
+            if answered_before == frames:    # a machine this fast leaves nothing in flight to finish
+                pytest.skip(f"all {frames} frames were inspected before SIGTERM could be sent")
             assert node.stop(signal.SIGTERM, timeout=120) == 0, node.output
-            wait_until(lambda: len(verdicts) == 3, 10, "three verdicts")
+            wait_until(lambda: len(verdicts) == frames, 10, "a verdict for every frame")
             got = {v["header"]["sec"]: v for v in map(json.loads, (m.data for m in verdicts))}
-            assert sorted(got) == [1, 2, 3]                         # exactly one verdict each
-            assert got[1]["verdict"] == "fail"                      # the frame in flight was finished
-            for sec in (2, 3):                                      # the waiting ones are never a pass
-                assert got[sec]["reject"] is True
-                assert got[sec]["verdict"] == "fail" or "shut down" in got[sec]["error"]
+            assert sorted(got) == list(range(1, frames + 1))        # exactly one verdict each
+            inspected = [sec for sec in sorted(got) if got[sec]["verdict"] == "fail"]
+            print(f"SIGTERM after {answered_before} verdicts; {len(inspected)} frames inspected in all")
+            # FIFO: the frames inspected (the one in flight included) come first, the rest were
+            # answered "error" at shutdown; none is ever a pass
+            assert inspected == list(range(1, len(inspected) + 1)) and len(inspected) >= answered_before
+            for sec in range(len(inspected) + 1, frames + 1):
+                assert got[sec]["reject"] is True and "shut down" in got[sec]["error"], got[sec]
+            assert not any("did not finish" in ln for ln in node.lines), node.output
             assert any("shutting down" in ln for ln in node.lines)
             assert "Traceback" not in node.output, node.output
         finally:
