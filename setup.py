@@ -44,7 +44,7 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
-            "clipsam-ros = clipsam_ros.cli:main",
+            "clipsam-ros = clipsam_ros.cli.main:main",
             "clipsam_inspector = clipsam_ros.ros.node:main",
         ],
     },

@@ -71,11 +71,11 @@ def time_encoders(rounds: int, compile_too: bool) -> None:
 FIRST_FRAME = """
 import time, warnings, torch
 warnings.simplefilter("ignore")
-from clipsam_ros.bench import _reference_dir
+from clipsam_ros.eval.bench import _reference_dir
 from clipsam_ros.config import load
-from clipsam_ros.pipeline import Inspector
+from clipsam_ros.inspector import Inspector
 from clipsam_ros.resources import config_path
-from clipsam_ros.synth import make_sample
+from clipsam_ros.data.synth import make_sample
 import tempfile, pathlib
 cfg = load(config_path("offline.yaml"))
 with tempfile.TemporaryDirectory() as d:

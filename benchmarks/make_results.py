@@ -23,7 +23,7 @@ RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 
 
 def bench(args: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "clipsam_ros.cli", "bench", "--json", *args]
+    cmd = [sys.executable, "-m", "clipsam_ros.cli.main", "bench", "--json", *args]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     report = json.loads(out.strip().splitlines()[-1])
     report["command"] = "clipsam-ros bench --json " + " ".join(args)

@@ -80,7 +80,7 @@ def inference_deadline(inspector, frames: int = 1, factor: float = 20.0, floor_s
     and never less than `floor_s`. Waits follow the machine; nothing asserts its speed."""
     key = id(inspector)
     if key not in _MEASURED_S:
-        from clipsam_ros.synth import make_sample
+        from clipsam_ros.data.synth import make_sample
 
         rgb, _ = make_sample("metal", "stain", seed=5, size=FRAME_SIZE)
         start = time.monotonic()
@@ -209,8 +209,8 @@ def build_offline_inspector(cfg, lite_sam, root: Path):
     import torch
 
     from clipsam_ros.localize.factory import build_localizer
-    from clipsam_ros.pipeline import Inspector
-    from clipsam_ros.synth import generate_dataset
+    from clipsam_ros.inspector import Inspector
+    from clipsam_ros.data.synth import generate_dataset
 
     generate_dataset(root, n=3, seed=0, size=FRAME_SIZE, classes=["metal"])
     cfg = copy.deepcopy(cfg)
@@ -223,14 +223,14 @@ def build_offline_inspector(cfg, lite_sam, root: Path):
 
 def sharing(inspector):
     """An inspector factory for InspectorNode: the node's own config, the prebuilt models."""
-    from clipsam_ros.pipeline import Inspector
+    from clipsam_ros.inspector import Inspector
 
     return lambda cfg: Inspector(cfg, inspector.sam, inspector.localizer, inspector.device)
 
 
 def passed(rgb: np.ndarray):
     """A clean pass for `rgb`, as the stand-in inspectors answer."""
-    from clipsam_ros.pipeline import InspectionResult
+    from clipsam_ros.inspector import InspectionResult
 
     h, w = rgb.shape[:2]
     return InspectionResult(verdict="pass", score=0.1, mask=np.zeros((h, w), np.uint8),

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from clipsam_ros.cli import main
+from clipsam_ros.cli.main import main
 from clipsam_ros.resources import config_path
-from clipsam_ros.synth import generate_dataset
+from clipsam_ros.data.synth import generate_dataset
 
 pytestmark = pytest.mark.slow   # subprocesses: the clipsam-ros command line
 
@@ -43,7 +43,7 @@ def test_inspect_writes_mask_overlay_and_json(metal, tmp_path, capsys):
 
 
 def test_errors_are_one_line_and_nonzero():
-    run = subprocess.run([sys.executable, "-m", "clipsam_ros.cli", "inspect", "--set", "refiner.threshold=2",
+    run = subprocess.run([sys.executable, "-m", "clipsam_ros.cli.main", "inspect", "--set", "refiner.threshold=2",
                           "--out", "/tmp/unused", "x.png"], capture_output=True, text=True)
     assert run.returncode != 0
     lines = run.stderr.strip().splitlines()

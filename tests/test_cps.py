@@ -15,7 +15,7 @@ import torch
 from clipsam_ros.config import RefinerConfig
 from clipsam_ros.refine.cps import refine_cps
 from clipsam_ros.refine.ppg import mask_box
-from clipsam_ros.synth import make_sample
+from clipsam_ros.data.synth import make_sample
 
 from conftest import coarse_from_truth
 

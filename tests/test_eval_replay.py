@@ -18,17 +18,17 @@ import torch
 from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 
-from clipsam_ros.bag_io import Bag, BagError
-from clipsam_ros.bag_msgs import image_msg, make_header
-from clipsam_ros.cli import main
+from clipsam_ros.bags.rosbag2 import Bag, BagError
+from clipsam_ros.outputs.bag_messages import image_msg, make_header
+from clipsam_ros.cli.main import main
 from clipsam_ros.eval.metrics import METRIC_KEYS
 from clipsam_ros.localize.factory import build_localizer
-from clipsam_ros.pipeline import Inspector
-from clipsam_ros.replay import run_replay
+from clipsam_ros.inspector import Inspector
+from clipsam_ros.bags.replay import run_replay
 from clipsam_ros.resources import config_path
-from clipsam_ros.synth import make_sample, sample_seed
-from clipsam_ros.synth_bag import GT_TOPIC, IMAGE_TOPIC, good_dir_of, write_synth_bag
-from clipsam_ros.vision_msgs_defs import OUTPUT_TOPICS, OUTPUT_TYPES, bag_typestore
+from clipsam_ros.data.synth import make_sample, sample_seed
+from clipsam_ros.data.synth_bag import GT_TOPIC, IMAGE_TOPIC, good_dir_of, write_synth_bag
+from clipsam_ros.outputs.vision_msgs_defs import OUTPUT_TOPICS, OUTPUT_TYPES, bag_typestore
 
 pytestmark = pytest.mark.slow   # whole recordings replayed through the real Inspector
 

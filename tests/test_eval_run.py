@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from clipsam_ros.cli import main
+from clipsam_ros.cli.main import main
 from clipsam_ros.eval.metrics import METRIC_KEYS
 from clipsam_ros.resources import config_path
-from clipsam_ros.synth import generate_dataset
+from clipsam_ros.data.synth import generate_dataset
 
 pytestmark = pytest.mark.slow   # an eval run over a synthetic dataset
 

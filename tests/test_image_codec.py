@@ -1,4 +1,4 @@
-"""Tests for sensor_msgs image decoding/encoding (clipsam_ros.image_codec)."""
+"""Tests for sensor_msgs image decoding/encoding (clipsam_ros.imaging.codec)."""
 from __future__ import annotations
 
 import array
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clipsam_ros.image_codec import (
+from clipsam_ros.imaging.codec import (
     ImageDecodeError,
     compressed_to_rgb,
     image_to_rgb,

@@ -15,7 +15,7 @@ import torch
 from clipsam_ros.config import ConfigError, RefinerConfig, load
 from clipsam_ros.refine.mmr import LEVELS, level_weights, merge_levels, mmr_prompts, refine_mmr
 from clipsam_ros.refine.ppg import mask_box
-from clipsam_ros.synth import make_sample
+from clipsam_ros.data.synth import make_sample
 from clipsam_ros.timing import Stopwatch
 
 from conftest import coarse_from_truth

@@ -10,8 +10,8 @@ import torch
 from clipsam_ros.config import ConfigError
 from clipsam_ros.localize.factory import build_localizer
 from clipsam_ros.localize.reference import BankError, load_bank, save_bank
-from clipsam_ros.pipeline import Inspector
-from clipsam_ros.synth import generate_dataset, make_sample
+from clipsam_ros.inspector import Inspector
+from clipsam_ros.data.synth import generate_dataset, make_sample
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from clipsam_ros.config import RefinerConfig
-from clipsam_ros.features import SamEmbedding
+from clipsam_ros.models.features import SamEmbedding
 from clipsam_ros.refine.ppg import (batch_points, extreme_regions, generate_prompts, ring_mask,
                                     similarity_to_region, spaced_extremes)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from clipsam_ros.features import SamEmbedding
+from clipsam_ros.models.features import SamEmbedding
 from clipsam_ros.localize.reference import MemoryBank, build_bank, distance_map, spatial_knn_distance
 
 

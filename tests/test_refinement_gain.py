@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from clipsam_ros.refine.cps import refine_cps
-from clipsam_ros.synth import PRODUCTS, make_sample
+from clipsam_ros.data.synth import PRODUCTS, make_sample
 
 from conftest import coarse_from_truth
 

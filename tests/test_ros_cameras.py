@@ -24,7 +24,7 @@ from std_msgs.msg import Bool, String  # noqa: E402
 from clipsam_ros.config import Config  # noqa: E402
 from clipsam_ros.ros.node import InspectorNode  # noqa: E402
 from clipsam_ros.ros.params import overrides_from_config  # noqa: E402
-from clipsam_ros.synth import make_sample  # noqa: E402
+from clipsam_ros.data.synth import make_sample  # noqa: E402
 
 from ros_helpers import (FRAME_SIZE, SlowFakeInspector, build_offline_inspector, image, pixels,  # noqa: E402
                          raw_image, ros_fixture, sharing, wait_until)

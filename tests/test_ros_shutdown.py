@@ -15,7 +15,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 from clipsam_ros.resources import config_path  # noqa: E402
-from clipsam_ros.synth import generate_dataset, make_sample  # noqa: E402
+from clipsam_ros.data.synth import generate_dataset, make_sample  # noqa: E402
 
 from ros_helpers import FRAME_SIZE, ROOT, NodeProcess, RosHarness, image, process_env, wait_until  # noqa: E402
 
@@ -26,7 +26,7 @@ DOMAIN_ID = 59
 
 def test_node_process_inspects_then_exits_cleanly_on_sigint(tmp_path):
     generate_dataset(tmp_path, n=2, seed=0, size=FRAME_SIZE, classes=["metal"])
-    cmd = [sys.executable, "-m", "clipsam_ros.cli", "node", "--config", str(config_path("offline.yaml")),
+    cmd = [sys.executable, "-m", "clipsam_ros.cli.main", "node", "--config", str(config_path("offline.yaml")),
            "--set", "device=cpu", "--set", f"localizer.reference_dir={tmp_path / 'metal' / 'train' / 'good'}",
            "--set", "input.reliability=reliable", "--set", "input.queue_policy=all",
            "--ros-args", "-r", "__ns:=/sigint"]
@@ -52,7 +52,7 @@ def test_node_process_inspects_then_exits_cleanly_on_sigint(tmp_path):
 
 
 def test_a_bad_config_is_one_line_and_exit_1_before_ros_starts(capsys):
-    from clipsam_ros.cli import main
+    from clipsam_ros.cli.main import main
 
     assert main(["node", "--set", "refiner.threshold=2"]) == 1               # clipsam-ros node
     err = capsys.readouterr().err.strip().splitlines()

@@ -14,7 +14,7 @@ from rcl_interfaces.msg import ParameterType  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import HistoryPolicy, ReliabilityPolicy  # noqa: E402
 
-from clipsam_ros.cli import build_parser  # noqa: E402
+from clipsam_ros.cli.main import build_parser  # noqa: E402
 from clipsam_ros.config import Config, InputConfig, flatten, read_params_file  # noqa: E402
 from clipsam_ros.decision import Defect  # noqa: E402
 from clipsam_ros.resources import config_path  # noqa: E402

@@ -9,7 +9,7 @@ import pytest
 typesys = pytest.importorskip("rosbags.typesys")
 
 from clipsam_ros.decision import Defect  # noqa: E402
-from clipsam_ros.ros.vision_msgs_builder import (ANOMALY_CLASS, VisionTypes, classification,  # noqa: E402
+from clipsam_ros.outputs.vision_msgs import (ANOMALY_CLASS, VisionTypes, classification,  # noqa: E402
                                                  detection_array, types_from_store)
 
 # vision_msgs 4.1.1 (ros-perception/vision_msgs, the Jazzy release), comments left out
@@ -84,12 +84,12 @@ def test_verdict_classification_round_trips(store, types, header, verdict, score
 
 def test_bag_tools_use_the_same_definitions_and_conventions(store, types, header):
     """replay / synth --bag write the node's outputs into bags: the bytes must match the node's."""
-    defs = pytest.importorskip("clipsam_ros.vision_msgs_defs")
+    defs = pytest.importorskip("clipsam_ros.outputs.vision_msgs_defs")
     assert {k.split("/")[-1]: v.split() for k, v in defs.VISION_MSGS.items()} == \
         {k: v.split() for k, v in VISION_MSGS.items()}
     assert defs.DETECTION_CLASS_ID == ANOMALY_CLASS
-    bag_msgs = pytest.importorskip("clipsam_ros.bag_msgs")
-    from clipsam_ros.pipeline import error_result
+    bag_msgs = pytest.importorskip("clipsam_ros.outputs.bag_messages")
+    from clipsam_ros.inspector import error_result
 
     result = error_result((8, 8), "")
     result.verdict, result.score = "fail", 0.9

@@ -1,4 +1,4 @@
-"""Tests for the synthetic MVTec-style dataset (clipsam_ros.synth)."""
+"""Tests for the synthetic MVTec-style dataset (clipsam_ros.data.synth)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from clipsam_ros.synth import DEFECT_KINDS, PRODUCTS, generate_dataset, make_sample
+from clipsam_ros.data.synth import DEFECT_KINDS, PRODUCTS, generate_dataset, make_sample
 
 SIZE = (320, 240)  # small frames keep the suite fast; sizes scale with the image
 

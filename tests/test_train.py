@@ -14,16 +14,16 @@ import pytest
 import torch
 
 from clipsam_ros.config import load
-from clipsam_ros.eval.datasets import read_mask, read_rgb
+from clipsam_ros.data.datasets import read_mask, read_rgb
 from clipsam_ros.eval.metrics import compute_metrics
 from clipsam_ros.localize.clip_adapter import ClipAdapterLocalizer, load_adapter
 from clipsam_ros.localize.factory import build_heads_clip, build_localizer
 from clipsam_ros.localize.umci import UmciLocalizer, load_umci
-from clipsam_ros.pipeline import Inspector
+from clipsam_ros.inspector import Inspector
 from clipsam_ros.resources import config_path
-from clipsam_ros.synth import generate_dataset, make_sample
-from clipsam_ros.trainer import adam_path, fresh_heads, read_metadata, train
-from clipsam_ros.train_data import TokenSource, training_samples
+from clipsam_ros.data.synth import generate_dataset, make_sample
+from clipsam_ros.train.trainer import adam_path, fresh_heads, read_metadata, train
+from clipsam_ros.train.data import TokenSource, training_samples
 
 FEW_TEMPLATES = ("a photo of a {}.", "a cropped photo of the {}.")
 SIZE = (320, 240)
@@ -185,7 +185,7 @@ def test_every_localizer_with_every_refiner_inspects_a_frame(trained, roots, lit
 
 
 def test_cli_trains_resumes_and_refuses_in_one_line(roots, tmp_path, short_prompts, capsys):
-    from clipsam_ros.cli import main
+    from clipsam_ros.cli.main import main
 
     root = tmp_path / "one"
     generate_dataset(root, n=1, seed=2, size=SIZE, classes=["metal"])

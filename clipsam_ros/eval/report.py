@@ -15,7 +15,7 @@ import numpy as np
 
 from ..config import Config, to_dict
 from .metrics import METRIC_KEYS
-from .datasets import read_rgb
+from ..data.datasets import read_rgb
 from .runner import ClassResult, EvalResult, WorstImage
 from .variants import PIPELINE
 
@@ -165,7 +165,7 @@ def write_plots(classes: list[ClassResult], out: Path) -> list[str]:
 
 def write_overlays(classes: list[ClassResult], out: Path, size: int) -> list[str]:
     """worst/<class>_<rank>_<defect>_<stem>.png: the pipeline's overlay with the ground truth outlined."""
-    from ..visualize import render_overlay
+    from ..imaging.overlay import render_overlay
 
     folder = out / "worst"
     written = []

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from ..config import Config
 from ..decision import Defect, find_defects, verdict_of
 from ..timing import Stopwatch
-from .datasets import ClassData, DatasetError, Sample, read_mask, read_rgb
+from ..data.datasets import ClassData, DatasetError, Sample, read_mask, read_rgb
 from .metrics import MetricAccumulator, PixelCurves
 from .variants import PIPELINE, Variant, ablation_variants, refine
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..config import LocalizerConfig
-from ..features import AnomalyEstimate, ClipFeatures
+from ..models.features import AnomalyEstimate, ClipFeatures
 from ..models.clip import ClipEncoder
 from .clip_zero_shot import TEMPLATES, abnormal_probability, blend_score, finish_map, state_text_embeddings
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import LocalizerConfig
-from ..features import AnomalyEstimate, ClipFeatures
+from ..models.features import AnomalyEstimate, ClipFeatures
 from ..models.clip import ClipEncoder
 
 # WinCLIP's state words (APRIL-GAN uses the same lists)

@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..config import LocalizerConfig
-from ..features import AnomalyEstimate, ClipFeatures, SamEmbedding
+from ..models.features import AnomalyEstimate, ClipFeatures, SamEmbedding
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _QUANTILE = 0.995

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ClipConfig
-from ..features import ClipFeatures
+from .features import ClipFeatures
 from .accel import AccelSettings, HostStager, channels_last_input, maybe_compile, to_channels_last
 
 TOKEN_PATHS = ("vv", "residual")

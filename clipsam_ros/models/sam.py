@@ -24,7 +24,7 @@ from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTra
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from ..config import Config
-from ..features import SamEmbedding
+from .features import SamEmbedding
 from .accel import AccelSettings, HostStager, channels_last_input, maybe_compile, to_channels_last, use_sdpa
 from .weights import SAM_URLS, WeightError, resolve_weight
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..config import RefinerConfig
-from ..features import SamEmbedding
+from ..models.features import SamEmbedding
 from ..models.sam import SamModel
 from ..timing import Stopwatch
 from .ppg import PromptSet, batch_points, extreme_regions, generate_prompts, mask_box

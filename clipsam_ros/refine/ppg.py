@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import RefinerConfig
-from ..features import SamEmbedding
+from ..models.features import SamEmbedding
 
 KERNEL_SHAPES = {"ellipse": cv2.MORPH_ELLIPSE, "rect": cv2.MORPH_RECT, "cross": cv2.MORPH_CROSS}
 

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..decision import Defect
-from ..image_codec import rgb_to_image_fields
+from ..imaging.codec import rgb_to_image_fields
 from .stats import ERROR_KINDS, Snapshot
 
 

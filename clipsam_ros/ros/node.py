@@ -45,8 +45,8 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Bool, String
 
 from ..config import NODE_NAME, Config, load, set_value
-from ..image_codec import ImageDecodeError, compressed_to_rgb, image_to_rgb
-from ..visualize import render_overlay
+from ..imaging.codec import ImageDecodeError, compressed_to_rgb, image_to_rgb
+from ..imaging.overlay import render_overlay
 from .cameras import Camera, create_cameras
 from .frame_queue import Frame, FrameQueue
 from .messages import (camera_values, diagnostic_array, diagnostic_level, diagnostic_values, image_msg,
@@ -54,10 +54,10 @@ from .messages import (camera_values, diagnostic_array, diagnostic_level, diagno
 from .params import check_change, config_keys, declare_config, overrides_from_config, plain
 from .qos import image_subscription_qos, policy_warning
 from .stats import FrameStats
-from .vision_msgs_builder import classification, detection_array, load_vision_types
+from ..outputs.vision_msgs import classification, detection_array, load_vision_types
 
 if TYPE_CHECKING:  # torch loads with the pipeline: only when the Inspector is built
-    from ..pipeline import InspectionResult, Inspector
+    from ..inspector import InspectionResult, Inspector
 
 try:
     from rclpy.event_handler import SubscriptionEventCallbacks, UnsupportedEventTypeError
@@ -108,7 +108,7 @@ def decode_frame(decode: Callable[[Any], np.ndarray], msg) -> tuple[np.ndarray |
 
 
 def _default_inspector(cfg: Config) -> Inspector:
-    from ..pipeline import Inspector
+    from ..inspector import Inspector
 
     return Inspector.from_config(cfg, progress=False)
 

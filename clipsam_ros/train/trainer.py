@@ -32,13 +32,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .config import Config, ConfigError
-from .localize.clip_adapter import (adapter_meta, head_probabilities, load_adapter, make_heads, save_adapter,
+from ..config import Config, ConfigError
+from ..localize.clip_adapter import (adapter_meta, head_probabilities, load_adapter, make_heads, save_adapter,
                                     write_checkpoint)
-from .localize.clip_zero_shot import TEMPLATES, state_text_embeddings
-from .localize.umci import UmciHeads, checkpoint_method, load_umci, make_umci, save_umci, umci_meta
-from .models.clip import ClipEncoder
-from .train_data import TokenSource
+from ..localize.clip_zero_shot import TEMPLATES, state_text_embeddings
+from ..localize.umci import UmciHeads, checkpoint_method, load_umci, make_umci, save_umci, umci_meta
+from ..models.clip import ClipEncoder
+from .data import TokenSource
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +212,8 @@ def train(cfg: Config, samples: list, out: str | Path, *, resume: str | Path | N
     `templates` let tests reuse one CLIP, its tokens and a short prompt list;
     the CLI uses the defaults.
     """
-    from .localize.factory import build_heads_clip
-    from .pipeline import resolve_device
+    from ..localize.factory import build_heads_clip
+    from ..inspector import resolve_device
 
     method = cfg.localizer.method
     if method not in HEAD_METHODS:

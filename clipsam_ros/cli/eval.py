@@ -10,12 +10,12 @@ import argparse
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..cli import load_config
+    from .main import load_config
     from ..models.sam import build_sam
-    from ..pipeline import resolve_device
-    from .datasets import load_dataset
-    from .report import COLUMNS, write_report
-    from .runner import Evaluator
+    from ..inspector import resolve_device
+    from ..data.datasets import load_dataset
+    from ..eval.report import COLUMNS, write_report
+    from ..eval.runner import Evaluator
 
     cfg = load_config(args, "inspect.yaml")
     if args.size < 0 or args.shots < 0:
@@ -34,9 +34,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from ..cli import add_config_args
-    from .datasets import LAYOUTS
-    from .variants import ABLATIONS
+    from .main import add_config_args
+    from ..data.datasets import LAYOUTS
+    from ..eval.variants import ABLATIONS
 
     p = subparsers.add_parser("eval", help="pixel/image metrics on MVTec-AD, VisA or synth data, with the "
                                            "papers' ablations; writes report.json/.md, curves, overlays")

@@ -22,9 +22,9 @@ import cv2
 import numpy as np
 import torch
 
-from .config import Config, flatten
-from .models.sam import DecoderOutput, SamModel
-from .synth import make_sample, sample_seed
+from ..config import Config, flatten
+from ..models.sam import DecoderOutput, SamModel
+from ..data.synth import make_sample, sample_seed
 
 # `encoders`: the wall time of CLIP and SAM overlapped on CUDA streams (then less than their sum)
 STAGES = ("decode", "clip_encoder", "sam_encoder", "encoders", "localize", "ppg", "cps", "mmr", "fuse", "decide",
@@ -67,7 +67,7 @@ class PerCallPredictorSam:
 
 def bench_frames(count: int, size: tuple[int, int]) -> list[bytes]:
     """PNG bytes of synthetic frames of one product, most with a defect, deterministic."""
-    from .synth import PRODUCTS
+    from ..data.synth import PRODUCTS
 
     kinds = (None,) + PRODUCTS[BENCH_PRODUCT]
     frames = []
@@ -94,9 +94,9 @@ def percentile(values: list[float], q: float) -> float:
 
 def run_bench(cfg: Config, frames: int = 20, warmup: int = 2, batch: int = 1, naive: bool = False,
               size: tuple[int, int] = (640, 480)) -> dict:
-    from .localize.factory import build_localizer
-    from .models.sam import build_sam
-    from .pipeline import Inspector, resolve_device
+    from ..localize.factory import build_localizer
+    from ..models.sam import build_sam
+    from ..inspector import Inspector, resolve_device
 
     if naive and batch > 1:
         raise ValueError("--naive runs one frame at a time, as a per-call predictor does; drop --batch")

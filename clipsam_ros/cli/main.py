@@ -20,15 +20,15 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def load_config(args: argparse.Namespace, default_name: str):
-    from .config import load
-    from .resources import config_path
+    from ..config import load
+    from ..resources import config_path
 
     return load(args.config or config_path(default_name), args.overrides)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .io import read_image, write_error, write_result
-    from .pipeline import Inspector
+    from ..imaging.files import read_image, write_error, write_result
+    from ..inspector import Inspector
 
     cfg = load_config(args, "inspect.yaml")
     missing = [p for p in args.images if not Path(p).is_file()]
@@ -63,12 +63,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if not args.out and not args.bag:
         raise ValueError("synth needs --out DIR (a dataset) or --bag OUT (a camera recording), or both")
     if args.out:
-        from .synth import generate_dataset
+        from ..data.synth import generate_dataset
 
         summary = generate_dataset(args.out, n=args.n, seed=args.seed, size=tuple(args.size))
         print(f"wrote {summary.n_images} images of {', '.join(summary.classes)} to {args.out}")
     if args.bag:
-        from .synth_bag import IMAGE_TOPIC, GT_TOPIC, write_synth_bag
+        from ..data.synth_bag import IMAGE_TOPIC, GT_TOPIC, write_synth_bag
 
         bag = write_synth_bag(args.bag, n=args.n, product=args.product, seed=args.seed,
                               size=tuple(args.size), storage=args.storage)
@@ -78,7 +78,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..eval.demo import run_demo
 
     cfg = load_config(args, "offline.yaml")
     run_demo(cfg, Path(args.out), n=args.n, seed=args.seed, classes=args.classes)
@@ -89,11 +89,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # its parser and sets `func`. Imported lazily so `--help` stays fast and a missing
 # optional dependency only affects its own subcommand.
 COMMAND_MODULES: list[str] = [
-    "clipsam_ros.ros.cli_node",
-    "clipsam_ros.cli_replay",
-    "clipsam_ros.eval.cli_eval",
-    "clipsam_ros.train",
-    "clipsam_ros.cli_bench",
+    "clipsam_ros.cli.node",
+    "clipsam_ros.cli.replay",
+    "clipsam_ros.cli.eval",
+    "clipsam_ros.cli.train",
+    "clipsam_ros.cli.bench",
 ]
 
 

@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 from rosbags.typesys.store import Typestore
 
-from .image_codec import rgb_to_image_fields
-from .pipeline import InspectionResult
+from ..imaging.codec import rgb_to_image_fields
+from ..inspector import InspectionResult
 from .vision_msgs_defs import DETECTION_CLASS_ID, OUTPUT_TOPICS, bbox_center_size
-from .visualize import render_overlay
+from ..imaging.overlay import render_overlay
 
 
 def make_header(ts: Typestore, stamp_ns: int, frame_id: str = ""):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .decision import Defect
+from ..decision import Defect
 
 # BGR, because overlays go to cv2.imwrite and to bgr8 topics
 VERDICT_COLOURS = {"pass": (60, 180, 60), "fail": (40, 40, 230), "error": (0, 165, 255)}

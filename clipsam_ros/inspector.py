@@ -210,7 +210,7 @@ class Inspector:
         keep no per-frame state; the reference bank only moves to the device, as on any first
         frame). Returns the seconds spent; raises if a warm-up frame fails.
         """
-        from .synth import make_sample
+        from .data.synth import make_sample
 
         frames = self.cfg.runtime.warmup_frames if frames is None else int(frames)
         if frames <= 0:

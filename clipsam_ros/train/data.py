@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .eval.datasets import Sample, load_dataset, read_mask, read_rgb
-from .models.clip import ClipEncoder
+from ..data.datasets import Sample, load_dataset, read_mask, read_rgb
+from ..models.clip import ClipEncoder
 
 
 def training_samples(root: str | Path, layout: str) -> list[Sample]:

@@ -7,8 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .pipeline import InspectionResult, error_result
-from .visualize import render_overlay
+from ..inspector import InspectionResult, error_result
+from .overlay import render_overlay
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -16,12 +16,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .config import Config
-from .io import read_image, write_result
-from .localize.factory import build_localizer
-from .models.sam import build_sam
-from .pipeline import Inspector, resolve_device
-from .synth import generate_dataset
+from ..config import Config
+from ..imaging.files import read_image, write_result
+from ..localize.factory import build_localizer
+from ..models.sam import build_sam
+from ..inspector import Inspector, resolve_device
+from ..data.synth import generate_dataset
 
 
 def iou(pred: np.ndarray, truth: np.ndarray) -> float:

@@ -16,7 +16,7 @@ from typing import Iterator
 from rosbags.typesys import Stores, get_types_from_idl, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
-from .vision_msgs_defs import bag_typestore
+from ..outputs.vision_msgs_defs import bag_typestore
 
 _IDL_SEP = "=" * 80 + "\n"
 

@@ -41,7 +41,7 @@ Layout written by ``generate_dataset``::
     out_dir/<class>/test/<defect>/000.png ...
     out_dir/<class>/ground_truth/<defect>/000_mask.png   (mono, 0/255)
 
-CLI: ``python -m clipsam_ros.synth OUT_DIR --n 8 --seed 0``.
+CLI: ``python -m clipsam_ros.data.synth OUT_DIR --n 8 --seed 0``.
 """
 from __future__ import annotations
 

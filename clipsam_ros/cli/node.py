@@ -5,19 +5,19 @@ import argparse
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    from ..cli import load_config
+    from .main import load_config
 
     cfg = load_config(args, "inspect.yaml")   # validated before rclpy or torch load
 
-    from .node import run
-    from .params import overrides_from_config
+    from ..ros.node import run
+    from ..ros.params import overrides_from_config
 
     ros_args = ["--ros-args", *args.ros_args] if args.ros_args else []
     return run(overrides_from_config(cfg), ["clipsam-ros", *ros_args])
 
 
 def register(subparsers) -> None:
-    from ..cli import add_config_args
+    from .main import add_config_args
 
     p = subparsers.add_parser(
         "node", help="run the ROS 2 node clipsam_inspector (stops cleanly on Ctrl-C / SIGTERM)",

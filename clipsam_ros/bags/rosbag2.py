@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 
 from rosbags.typesys.store import Typestore
 
-from .vision_msgs_defs import bag_typestore
+from ..outputs.vision_msgs_defs import bag_typestore
 
 STORAGE_SUFFIXES = (".mcap", ".db3")
 
@@ -110,7 +110,7 @@ class Bag:
         return files[0] if len(files) == 1 and files[0].suffix == ".mcap" else None
 
     def _open_scan(self, file: Path, reason: str) -> None:
-        from .bag_salvage import McapSalvage
+        from .salvage import McapSalvage
 
         try:
             salvage = McapSalvage(file)

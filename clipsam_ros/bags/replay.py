@@ -37,12 +37,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .bag_io import Bag, BagError, BagWriter, RawMessage
-from .bag_msgs import make_header, output_messages, stamp_ns
-from .config import Config, ConfigError, to_dict
-from .eval.metrics import METRIC_KEYS, MetricAccumulator
-from .image_codec import compressed_to_rgb, image_to_rgb
-from .vision_msgs_defs import OUTPUT_TOPICS, OUTPUT_TYPES, bag_typestore
+from .rosbag2 import Bag, BagError, BagWriter, RawMessage
+from ..outputs.bag_messages import make_header, output_messages, stamp_ns
+from ..config import Config, ConfigError, to_dict
+from ..eval.metrics import METRIC_KEYS, MetricAccumulator
+from ..imaging.codec import compressed_to_rgb, image_to_rgb
+from ..outputs.vision_msgs_defs import OUTPUT_TOPICS, OUTPUT_TYPES, bag_typestore
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def _reference_hint(cfg: Config, bag_path: Path) -> None:
     loc = cfg.localizer
     if loc.method != "reference" or loc.reference_dir or loc.bank:
         return
-    from .synth_bag import good_dir_of
+    from ..data.synth_bag import good_dir_of
 
     good = good_dir_of(bag_path)
     hint = f" (synth --bag wrote {good})" if good.is_dir() else ""
@@ -240,7 +240,7 @@ class _Replay:
         return ""
 
     def _frame(self, message: RawMessage) -> None:
-        from .pipeline import error_result
+        from ..inspector import error_result
 
         start = time.perf_counter()
         stamp, frame_id, image = message.log_ns, "", None
@@ -302,7 +302,7 @@ def run_replay(bag_path: str | Path, image_topic: str, out: str | Path, report_d
                 raise BagError(f"output bag {out} exists already; remove it or choose another path")
             if inspector is None:
                 _reference_hint(cfg, Path(bag_path))
-                from .pipeline import Inspector
+                from ..inspector import Inspector
 
                 inspector = Inspector.from_config(cfg, progress=progress)
             report.notes = list(bag.notes)

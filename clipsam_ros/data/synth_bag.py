@@ -23,8 +23,8 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from .bag_io import BagWriter
-from .bag_msgs import image_msg, make_header
+from ..bags.rosbag2 import BagWriter
+from ..outputs.bag_messages import image_msg, make_header
 from .synth import PRODUCTS, make_sample, sample_seed
 
 IMAGE_TOPIC = "/camera/image_raw"

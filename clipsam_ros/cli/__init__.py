@@ -1,0 +1,1 @@
+"""`clipsam-ros`: one module per subcommand; `main` builds the parser."""

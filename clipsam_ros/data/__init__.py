@@ -1,0 +1,1 @@
+"""Datasets (MVTec-AD, VisA, folders), synthetic parts and synthetic camera bags."""

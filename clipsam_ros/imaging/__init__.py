@@ -1,0 +1,1 @@
+"""Images in and out: sensor_msgs codec, image files, overlay drawing."""

@@ -1,0 +1,1 @@
+"""What the node publishes, and the one builder of those messages."""

@@ -1,0 +1,1 @@
+"""Training of the CLIP heads (clip_adapter, UMCI)."""
