@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
+from .errors import ClipsamError
 
 NODE_NAME = "clipsam_inspector"
 
 
-class ConfigError(ValueError):
+class ConfigError(ClipsamError, ValueError):
     """A config file, key or value that cannot be used; the message is one line."""
 
 

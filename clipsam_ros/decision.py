@@ -9,13 +9,29 @@ highest pixel score in the frame.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from enum import Enum
 
 import cv2
 import numpy as np
 
 from .config import DecisionConfig
 
-PASS, FAIL, ERROR = "pass", "fail", "error"
+
+
+class Verdict(str, Enum):
+    """What a frame ends in. A str, so it compares, prints and serialises as "pass" etc."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    ERROR = "error"      # the frame could not be inspected: fail-safe, never a silent pass
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def reject(self) -> bool:
+        """The one reject rule, what ejectors and PLC bridges act on: anything but a clean pass."""
+        return self is not Verdict.PASS
 
 
 @dataclass
@@ -42,5 +58,5 @@ def find_defects(mask: np.ndarray, pixel_scores: np.ndarray, cfg: DecisionConfig
     return sorted(defects, key=lambda d: -d.score)
 
 
-def verdict_of(defects: list[Defect]) -> str:
-    return FAIL if defects else PASS
+def verdict_of(defects: list[Defect]) -> Verdict:
+    return Verdict.FAIL if defects else Verdict.PASS

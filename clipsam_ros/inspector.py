@@ -17,12 +17,13 @@ import numpy as np
 import torch
 
 from .config import Config, ConfigError
-from .decision import ERROR, Defect, find_defects, verdict_of
+from .decision import Defect, Verdict, find_defects, verdict_of
 from .models.accel import run_encoders
 from .models.sam import SamModel, build_sam
 from .refine.cps import Refinement, refine_cps, threshold_only
 from .refine.mmr import refine_mmr
 from .timing import Stopwatch
+from .errors import one_line
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ WARMUP_PRODUCT, WARMUP_DEFECT, WARMUP_SEED = "metal", "stain", 5
 
 @dataclass
 class InspectionResult:
-    verdict: str                          # pass | fail | error
+    verdict: Verdict
     score: float                          # highest pixel score of the frame
     mask: np.ndarray                      # (H, W) uint8, 255 = defect
     anomaly_map: np.ndarray               # (H, W) float32 0..1, the localizer's S_a
@@ -47,7 +48,7 @@ class InspectionResult:
     @property
     def reject(self) -> bool:
         """What an ejector acts on: anything but a clean pass is rejected."""
-        return self.verdict != "pass"
+        return Verdict(self.verdict).reject
 
     def to_json(self) -> dict:
         out = {
@@ -67,7 +68,7 @@ def error_result(shape: tuple[int, int], message: str, timings_ms: dict[str, flo
     """The fail-safe answer for a frame that could not be inspected."""
     h, w = shape
     return InspectionResult(
-        verdict=ERROR, score=1.0, mask=np.zeros((h, w), np.uint8),
+        verdict=Verdict.ERROR, score=1.0, mask=np.zeros((h, w), np.uint8),
         anomaly_map=np.zeros((h, w), np.float32), pixel_scores=np.zeros((h, w), np.float32),
         defects=[], image_score=1.0, timings_ms=timings_ms or {},
         encoder_calls=encoder_calls or {"sam": 0, "clip": 0}, error=message)
@@ -221,7 +222,7 @@ class Inspector:
         try:
             for _ in range(frames):
                 results = self.inspect_batch([image] * batch) if batch > 1 else [self.inspect(image)]
-                failed = [r.error for r in results if r.verdict == "error"]
+                failed = [r.error for r in results if r.verdict == Verdict.ERROR]
                 if failed:
                     raise RuntimeError(f"warm-up frame failed: {failed[0]}")
         finally:
@@ -245,7 +246,7 @@ class Inspector:
         return Stopwatch(sync_cuda=self.device.type == "cuda")
 
     def _failed(self, image_rgb, exc: Exception, watch: Stopwatch, calls: dict[str, int]) -> InspectionResult:
-        message = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+        message = one_line(exc, 300, with_type=True)
         log.error("frame could not be inspected: %s", message)
         shape = image_rgb.shape[:2] if getattr(image_rgb, "ndim", 0) >= 2 else (1, 1)
         return error_result(shape, message, dict(watch.ms), calls)

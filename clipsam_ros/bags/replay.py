@@ -43,6 +43,8 @@ from ..config import Config, ConfigError, to_dict
 from ..eval.metrics import METRIC_KEYS, MetricAccumulator
 from ..imaging.codec import compressed_to_rgb, image_to_rgb
 from ..outputs.vision_msgs_defs import OUTPUT_TOPICS, OUTPUT_TYPES, bag_typestore
+from ..errors import one_line
+from ..decision import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +251,7 @@ class _Replay:
             stamp, frame_id = stamp_ns(msg.header), str(msg.header.frame_id)
             image = decode_image(msg, message.msgtype)
         except Exception as exc:  # a malformed message: this frame fails safe, the replay goes on
-            text = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+            text = one_line(exc, 300, with_type=True)
             self.bad_frames += 1
             # the CSV has every one; the log only the first few, as the node throttles its own
             (log.warning if self.bad_frames <= 3 else log.debug)("frame %d cannot be decoded: %s",
@@ -271,7 +273,7 @@ class _Replay:
             error=result.error)
         self.records.append(record)
         if self.pairs is not None:
-            ok = result.verdict != "error"
+            ok = result.verdict != Verdict.ERROR
             self.pairs.add_frame(stamp, _Pending(record, result.pixel_scores if ok else None,
                                                  result.mask > 0 if ok else None))
 

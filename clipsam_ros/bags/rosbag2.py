@@ -22,11 +22,12 @@ from typing import Iterable, Iterator
 from rosbags.typesys.store import Typestore
 
 from ..outputs.vision_msgs_defs import bag_typestore
+from ..errors import ClipsamError, one_line
 
 STORAGE_SUFFIXES = (".mcap", ".db3")
 
 
-class BagError(RuntimeError):
+class BagError(ClipsamError, RuntimeError):
     """A bag that cannot be read or written; the message is one line."""
 
 
@@ -40,11 +41,6 @@ class RawMessage:
 
 def _storage_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix in STORAGE_SUFFIXES and p.is_file())
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:200]
 
 
 class Bag:
@@ -89,8 +85,8 @@ class Bag:
         except Exception as exc:  # rosbags raises several types: keep the reason, try the scan
             mcap_file = self._mcap_of(target)
             if mcap_file is None:
-                raise BagError(f"bag {path} cannot be read: {_one_line(exc)}") from None
-            self._open_scan(mcap_file, _one_line(exc))
+                raise BagError(f"bag {path} cannot be read: {one_line(exc, 200)}") from None
+            self._open_scan(mcap_file, one_line(exc, 200))
 
     def _open_rosbags(self, target: Path) -> None:
         from rosbags.highlevel import AnyReader
@@ -116,7 +112,7 @@ class Bag:
             salvage = McapSalvage(file)
         except Exception as exc:
             raise BagError(f"bag {self.path} cannot be read: {reason}; "
-                           f"as a bare MCAP file: {_one_line(exc)}") from None
+                           f"as a bare MCAP file: {one_line(exc, 200)}") from None
         if not salvage.topics:
             raise BagError(f"bag {self.path} cannot be read ({reason}) and holds no complete topic record")
         self._salvage = salvage
@@ -152,7 +148,7 @@ class Bag:
             if self._salvage is not None:
                 raise BagError(f"{self.damage}: read {count} messages before the damage") from None
             raise BagError(f"bag {self.path} is damaged after {count} messages "
-                           f"({type(exc).__name__}: {_one_line(exc)})") from None
+                           f"({type(exc).__name__}: {one_line(exc, 200)})") from None
         if self._salvage is not None:
             raise BagError(f"{self.damage}: read {count} messages, then the data ends")
 

@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from ..decision import Verdict
+from ..errors import one_line
+
 EXIT_USAGE, EXIT_ERROR = 2, 1
 
 
@@ -47,14 +50,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             image = read_image(path)
         except (OSError, ValueError) as exc:  # one bad file loses nothing else
             write_error(out, stem, str(exc))
-            print(f"clipsam-ros inspect: error: {_one_line(exc)}", file=sys.stderr)
+            print(f"clipsam-ros inspect: error: {one_line(exc)}", file=sys.stderr)
             status = EXIT_ERROR
             continue
         result = inspector.inspect(image)
         write_result(out, stem, image, result)
         print(f"{path}: {result.verdict} score={result.score:.3f} defects={len(result.defects)}"
               + (f" ({result.error})" if result.error else ""))
-        if result.verdict == "error":
+        if result.verdict == Verdict.ERROR:
             status = EXIT_ERROR
     return status
 
@@ -137,11 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) < 400 else text[:397] + "..."
-
-
 def main(argv: list[str] | None = None) -> int:
     # no model hub here or on a line PC: never wait on one
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -157,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the contract: one line, non-zero exit
         if args.verbose:
             raise
-        print(f"clipsam-ros {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"clipsam-ros {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -22,12 +22,13 @@ from typing import Sequence
 
 import cv2
 import numpy as np
+from ..errors import ClipsamError
 
 LAYOUTS = ("mvtec", "visa", "synth")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-class DatasetError(ValueError):
+class DatasetError(ClipsamError, ValueError):
     """A root that does not hold the expected layout; the message is one line."""
 
 

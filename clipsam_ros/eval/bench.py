@@ -25,6 +25,7 @@ import torch
 from ..config import Config, flatten
 from ..models.sam import DecoderOutput, SamModel
 from ..data.synth import make_sample, sample_seed
+from ..decision import Verdict
 
 # `encoders`: the wall time of CLIP and SAM overlapped on CUDA streams (then less than their sum)
 STAGES = ("decode", "clip_encoder", "sam_encoder", "encoders", "localize", "ppg", "cps", "mmr", "fuse", "decide",
@@ -128,7 +129,7 @@ def run_bench(cfg: Config, frames: int = 20, warmup: int = 2, batch: int = 1, na
         if first_frame_ms is None:
             first_frame_ms = (time.perf_counter() - start) * 1000.0 / len(chunk)
         for result in results:
-            if result.verdict == "error":
+            if result.verdict == Verdict.ERROR:
                 raise RuntimeError(f"bench frame failed: {result.error}")
             per_stage["decode"].append(decode_ms)
             for stage, ms in result.timings_ms.items():

@@ -22,6 +22,7 @@ from ..localize.factory import build_localizer
 from ..models.sam import build_sam
 from ..inspector import Inspector, resolve_device
 from ..data.synth import generate_dataset
+from ..decision import Verdict
 
 
 def iou(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -73,7 +74,7 @@ def run_demo(cfg: Config, out: Path, n: int = 2, seed: int = 0, classes: list[st
                 refined_ious.append(refined)
             rows.append({"image": stem, "verdict": result.verdict, "iou": round(refined, 4),
                          "iou_coarse": round(coarse, 4), "encoder_calls": result.encoder_calls,
-                         "expected": "pass" if item.defect == "good" else "fail",
+                         "expected": Verdict.PASS if item.defect == "good" else Verdict.FAIL,
                          "timings_ms": {k: round(v, 1) for k, v in result.timings_ms.items()}})
     summary = {
         "images": rows,

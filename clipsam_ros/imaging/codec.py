@@ -35,6 +35,7 @@ import operator
 
 import cv2
 import numpy as np
+from ..errors import ClipsamError
 
 MAX_PIXELS = 100_000_000  # default frame size limit (100 megapixels)
 
@@ -78,7 +79,7 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _DEPTH_HEADER = 12  # compressedDepth: int32 format + 2 float32 quantisation params
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(ClipsamError, ValueError):
     """A message that cannot be turned into an image; the text is one line
     naming the field, its value and what was expected."""
 

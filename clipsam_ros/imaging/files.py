@@ -9,6 +9,7 @@ import numpy as np
 
 from ..inspector import InspectionResult, error_result
 from .overlay import render_overlay
+from ..errors import one_line
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -32,5 +33,5 @@ def write_result(out: Path, stem: str, image_rgb: np.ndarray, result: Inspection
 
 def write_error(out: Path, stem: str, message: str) -> None:
     """The JSON of a file that could not even be read: verdict "error", never a silent skip."""
-    data = error_result((1, 1), " ".join(message.split())).to_json()
+    data = error_result((1, 1), one_line(message)).to_json()
     (out / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..decision import Defect
+from ..decision import Defect, Verdict
 
 # BGR, because overlays go to cv2.imwrite and to bgr8 topics
 VERDICT_COLOURS = {"pass": (60, 180, 60), "fail": (40, 40, 230), "error": (0, 165, 255)}
@@ -22,7 +22,7 @@ def render_overlay(image_rgb: np.ndarray, mask: np.ndarray, defects: list[Defect
         out[region] = cv2.addWeighted(out, 1 - alpha, tint, alpha, 0)[region]
         contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, contours, -1, MASK_TINT, 1)
-    colour = VERDICT_COLOURS.get(verdict, VERDICT_COLOURS["error"])
+    colour = VERDICT_COLOURS.get(str(verdict), VERDICT_COLOURS[Verdict.ERROR.value])
     thickness = max(1, round(min(out.shape[:2]) / 320))
     for d in defects:
         x0, y0, x1, y1 = d.bbox

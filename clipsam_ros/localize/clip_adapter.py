@@ -28,16 +28,14 @@ from ..config import LocalizerConfig
 from ..models.features import AnomalyEstimate, ClipFeatures
 from ..models.clip import ClipEncoder
 from .clip_zero_shot import TEMPLATES, abnormal_probability, blend_score, finish_map, state_text_embeddings
+from ..errors import ClipsamError, one_line
 
 ADAPTER_FORMAT = "clipsam_ros.clip_adapter/1"
 META_KEYS = ("clip_model", "image_size", "layers", "width", "embed_dim")
 
 
-class AdapterError(RuntimeError):
+class AdapterError(ClipsamError, RuntimeError):
     """Adapter heads that cannot be used; str(exc) is ONE line naming the file and the config key."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(message.split()))
 
 
 class AdapterMismatchError(AdapterError):
@@ -100,7 +98,7 @@ def read_checkpoint(path: str | Path, what: str, method: str) -> tuple[dict[str,
             return dict(f.metadata() or {}), {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:
         raise AdapterError(f"{what} {path} is not a readable safetensors file "
-                           f"(localizer.checkpoint): {' '.join(str(exc).split())[:120]}") from None
+                           f"(localizer.checkpoint): {one_line(exc, 120)}") from None
 
 
 def save_adapter(path: str | Path, heads: nn.ModuleList, meta: Mapping[str, object]) -> None:

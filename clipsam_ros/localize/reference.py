@@ -35,12 +35,13 @@ from tqdm import tqdm
 
 from ..config import LocalizerConfig
 from ..models.features import AnomalyEstimate, ClipFeatures, SamEmbedding
+from ..errors import ClipsamError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _QUANTILE = 0.995
 
 
-class BankError(RuntimeError):
+class BankError(ClipsamError, RuntimeError):
     """A reference folder or bank file that cannot be used; the message is one line."""
 
 

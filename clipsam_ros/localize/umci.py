@@ -62,6 +62,7 @@ from torch import nn
 from ..models.clip import ClipEncoder
 from .clip_adapter import (ADAPTER_FORMAT, META_KEYS, AdapterMismatchError, ClipAdapterLocalizer, _differences,
                            adapter_meta, meta_strings, read_checkpoint, write_checkpoint)
+from ..errors import one_line
 
 UMCI_FORMAT = "clipsam_ros.umci/1"
 FORMATS = {ADAPTER_FORMAT: "clip_adapter", UMCI_FORMAT: "umci"}
@@ -195,7 +196,7 @@ def load_umci(path: str | Path, encoder: ClipEncoder) -> UmciHeads:
         heads.load_state_dict(state, strict=True)
     except (KeyError, ValueError, RuntimeError) as exc:
         raise AdapterMismatchError(f"UMCI checkpoint {path} does not fit this CLIP's heads "
-                                   f"({' '.join(str(exc).split())[:120]}); point localizer.checkpoint at "
+                                   f"({one_line(exc, 120)}); point localizer.checkpoint at "
                                    f"heads trained for clip.model={encoder.model_name}") from None
     return heads.to(encoder.device).eval().requires_grad_(False)
 

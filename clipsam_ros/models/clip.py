@@ -56,6 +56,7 @@ from torch import nn
 from ..config import ClipConfig
 from .features import ClipFeatures
 from .accel import AccelSettings, HostStager, channels_last_input, maybe_compile, to_channels_last
+from ..errors import ClipsamError, one_line
 
 TOKEN_PATHS = ("vv", "residual")
 
@@ -64,16 +65,8 @@ _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class ClipLoadError(RuntimeError):
+class ClipLoadError(ClipsamError, RuntimeError):
     """CLIP could not be built; str(exc) is ONE line naming the value, the config key and what to do."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(message.split()))
-
-
-def _first_line(exc: BaseException, limit: int = 160) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @contextmanager
@@ -191,12 +184,12 @@ def build_clip(cfg: ClipConfig, device: torch.device, *, pretrained_file: Path |
         if is_tag:
             raise ClipLoadError(
                 f"clip.pretrained={pretrained!r}: the weights for {cfg.model} could not be obtained "
-                f"(no network or model hub? {_first_line(exc, 100)}); set clip.pretrained to a local "
+                f"(no network or model hub? {one_line(exc, 100, 160)}); set clip.pretrained to a local "
                 f"weight file or none") from None
         if pretrained is not None:
             raise ClipLoadError(f"clip.pretrained={pretrained}: not loadable as {cfg.model} weights "
-                                f"({_first_line(exc, 100)}); check clip.model matches the file") from None
-        raise ClipLoadError(f"clip.model={cfg.model!r} could not be built: {_first_line(exc)}") from None
+                                f"({one_line(exc, 100, 160)}); check clip.model matches the file") from None
+        raise ClipLoadError(f"clip.model={cfg.model!r} could not be built: {one_line(exc, 160)}") from None
 
     visual = model.visual
     if not hasattr(visual, "transformer") or not hasattr(visual, "positional_embedding"):

@@ -26,6 +26,7 @@ import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
+from ..errors import ClipsamError
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,8 @@ _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _USER_AGENT = "clipsam_ros-weights/1"
 
 
-class WeightError(RuntimeError):
+class WeightError(ClipsamError, RuntimeError):
     """A weight file that cannot be used; str(exc) is ONE line naming the file, the config key and what to do."""
-
-    def __init__(self, message: str) -> None:
-        # the node logs this as one line; OS error texts may carry newlines
-        super().__init__(" ".join(message.split()))
 
 
 def default_cache_dir(cache_dir: str = "") -> Path:

@@ -14,6 +14,7 @@ from ..imaging.codec import rgb_to_image_fields
 from ..inspector import InspectionResult
 from .vision_msgs_defs import DETECTION_CLASS_ID, OUTPUT_TOPICS, bbox_center_size
 from ..imaging.overlay import render_overlay
+from ..decision import Verdict
 
 
 def make_header(ts: Typestore, stamp_ns: int, frame_id: str = ""):
@@ -73,7 +74,7 @@ def output_messages(ts: Typestore, header, result: InspectionResult,
     decoded, the overlay with its error banner.
     """
     out: dict[str, object] = {}
-    error = result.verdict == "error"
+    error = result.verdict == Verdict.ERROR
     if image_rgb is not None:
         if not error:
             out[OUTPUT_TOPICS["mask"]] = image_msg(ts, header, result.mask, "mono8")

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..decision import Defect
+from ..decision import Defect, Verdict
 from ..imaging.codec import rgb_to_image_fields
 from .stats import ERROR_KINDS, Snapshot
 
@@ -31,7 +31,7 @@ def stamp_of(header) -> dict[str, Any]:
 def verdict_json(header, verdict: str, score: float, defects: Sequence[Defect] = (), error: str = "") -> str:
     """The verdict as one JSON line (std_msgs/String has no header, so it carries the stamp)."""
     out: dict[str, Any] = {"header": stamp_of(header), "verdict": verdict, "score": round(float(score), 6),
-                           "reject": verdict != "pass", "defects": [d.to_json() for d in defects]}
+                           "reject": Verdict(verdict).reject, "defects": [d.to_json() for d in defects]}
     if error:
         out["error"] = error
     return json.dumps(out)

@@ -55,6 +55,8 @@ from .params import check_change, config_keys, declare_config, overrides_from_co
 from .qos import image_subscription_qos, policy_warning
 from .stats import FrameStats
 from ..outputs.vision_msgs import classification, detection_array, load_vision_types
+from ..errors import one_line
+from ..decision import Verdict
 
 if TYPE_CHECKING:  # torch loads with the pipeline: only when the Inspector is built
     from ..inspector import InspectionResult, Inspector
@@ -99,7 +101,7 @@ def decode_frame(decode: Callable[[Any], np.ndarray], msg) -> tuple[np.ndarray |
     except ImageDecodeError as exc:
         return None, str(exc)
     except Exception as exc:  # noqa: BLE001 - the fail-safe boundary of the decoder
-        return None, " ".join(f"{type(exc).__name__}: {exc}".split())
+        return None, one_line(exc, with_type=True)
     if not (isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3
             and rgb.shape[2] == 3 and rgb.shape[0] > 0 and rgb.shape[1] > 0):
         shape = getattr(rgb, "shape", None)
@@ -177,7 +179,7 @@ class InspectorNode(Node):
         try:
             seconds = self.inspector.warm_up(frames, batch=len(self.cameras))
         except Exception as exc:  # noqa: BLE001 - start-up must report, not die, on a warm-up problem
-            self.get_logger().error(f"warm-up failed: {type(exc).__name__}: {' '.join(str(exc).split())}")
+            self.get_logger().error(f"warm-up failed: {one_line(exc, with_type=True)}")
             return
         self.get_logger().info(f"warm-up: {frames} frame(s) x {len(self.cameras)} camera(s) in {seconds:.1f} s")
 
@@ -294,7 +296,7 @@ class InspectorNode(Node):
         self.stats.stage("publish", (time.perf_counter() - t2) * 1000.0)
 
     def _publish_frame(self, frame: Frame, rgb: np.ndarray, result: InspectionResult) -> None:
-        if result.verdict == "error":
+        if result.verdict == Verdict.ERROR:
             self._answer_error(frame, "inference", result.error, rgb)
             return
         camera = self.cameras[frame.camera]
@@ -323,7 +325,7 @@ class InspectorNode(Node):
         if camera.verdict is not None:
             camera.verdict.publish(classification(self.vision, header, verdict, score))
         camera.verdict_json.publish(String(data=verdict_json(header, verdict, score, defects, error)))
-        camera.reject.publish(Bool(data=verdict != "pass"))
+        camera.reject.publish(Bool(data=Verdict(verdict).reject))
 
     # ------------------------------------------------------------ either thread
 
@@ -344,11 +346,11 @@ class InspectorNode(Node):
                 f"'{header.frame_id}'): {kind}: {error}; verdict error, reject{more}")
         try:
             if rgb is not None and camera.overlay.get_subscription_count():
-                overlay = render_overlay(rgb, np.zeros(rgb.shape[:2], np.uint8), [], "error", 1.0)
+                overlay = render_overlay(rgb, np.zeros(rgb.shape[:2], np.uint8), [], Verdict.ERROR, 1.0)
                 camera.overlay.publish(image_msg(Image, header, overlay[:, :, ::-1], "bgr8"))
-            self._publish_verdict(camera, header, "error", 1.0, error=error)
+            self._publish_verdict(camera, header, Verdict.ERROR, 1.0, error=error)
         finally:
-            self._count(frame, "error", kind, error)
+            self._count(frame, Verdict.ERROR, kind, error)
 
     # ------------------------------------------------------------ shutdown
 
@@ -430,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(config_overrides(args.config, args.overrides), argv)
     except Exception as exc:  # one line, non-zero exit, like the CLI
-        print(f"{NODE_NAME}: error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr)
+        print(f"{NODE_NAME}: error: {one_line(exc)}", file=sys.stderr)
         return 1
 
 

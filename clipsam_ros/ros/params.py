@@ -20,6 +20,7 @@ from rclpy.parameter import Parameter
 
 from ..config import (CHOICES, DESCRIPTIONS, RANGES, STRING_LISTS, Config, ConfigError, flatten, needs_reload,
                       set_value)
+from ..errors import one_line
 
 _TYPE_NAMES = {ParameterType.PARAMETER_BOOL: "bool", ParameterType.PARAMETER_INTEGER: "integer",
                ParameterType.PARAMETER_DOUBLE: "double", ParameterType.PARAMETER_STRING: "string",
@@ -118,9 +119,9 @@ def declare_config(node) -> Config:
             param = node.declare_parameter(spec.name, default, descriptor(spec))
         except InvalidParameterTypeException as exc:
             raise ConfigError(f"parameter {spec.name}: expected a {spec.type_name} "
-                              f"({' '.join(str(exc).split())})") from None
+                              f"({one_line(exc)})") from None
         except InvalidParameterValueException as exc:
-            raise ConfigError(f"parameter {spec.name}: {' '.join(str(exc).split())}") from None
+            raise ConfigError(f"parameter {spec.name}: {one_line(exc)}") from None
         if param.type_ != Parameter.Type.NOT_SET:
             set_value(cfg, spec.name, plain(param.value))
     return cfg

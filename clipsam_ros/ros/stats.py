@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-VERDICTS = ("pass", "fail", "error")
+from ..decision import Verdict
+
+VERDICTS = tuple(v.value for v in Verdict)
 # why a frame got an "error" verdict
 ERROR_KINDS = ("overflow", "decode", "inference", "publish", "shutdown")
 STAGES = ("decode", "inference", "publish")
@@ -101,7 +103,7 @@ class FrameStats:
             raise ValueError(f"verdict {verdict!r} is not one of {VERDICTS}")
         with self._lock:
             self._verdicts[verdict] += 1
-            if verdict == "error":
+            if verdict == Verdict.ERROR:
                 self._errors[error_kind or "inference"] += 1
                 self._last_error = f"{error_kind}: {error}" if error else error_kind
             self._answers.append(now)
