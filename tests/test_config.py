@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from clipsam_ros.config import (CHOICES, DESCRIPTIONS, RANGES, Config, ConfigError, flatten, load,
-                                needs_reload, read_params_file)
+from clipsam_ros.config import (Config, ConfigError, apply, flatten, load, needs_reload, read_params_file,
+                                set_value, spec, specs)
 from clipsam_ros.resources import config_path
 
 
@@ -18,10 +18,70 @@ def test_shipped_profiles_load_and_differ_where_documented():
     assert (offline.sam.variant, offline.localizer.method) == ("lite_medsam", "reference")
 
 
-def test_every_key_is_described():
-    keys = set(flatten(Config()))
-    assert keys == set(DESCRIPTIONS), keys ^ set(DESCRIPTIONS)
-    assert set(CHOICES) <= keys and set(RANGES) <= keys
+def test_every_key_is_declared_once_with_help_and_a_default_that_passes_its_own_checks():
+    assert list(specs()) == list(flatten(Config()))
+    for key, s in specs().items():
+        assert s.name == key and s.help.strip(), key
+        assert s.default == flatten(Config())[key] and isinstance(s.default, s.type), key
+    apply(Config(), flatten(Config()))                      # every default within its choices, range, check
+
+
+def test_list_item_types_come_from_the_annotations_and_set_coerces_to_them():
+    lists = {k: s.item_type for k, s in specs().items() if s.type is list}
+    assert lists == {"clip.layers": int, "refiner.mmr_weights": float, "input.image_topics": str}
+    assert all(s.item_type is None for s in specs().values() if s.type is not list)
+    cfg = load(None, ["clip.layers=3,6", "refiner.mmr_weights=1,1,2", "input.image_topics=cam0/image,cam1/image"])
+    assert cfg.clip.layers == [3, 6] and all(type(v) is int for v in cfg.clip.layers)
+    assert cfg.refiner.mmr_weights == [1.0, 1.0, 2.0] and all(type(v) is float for v in cfg.refiner.mmr_weights)
+    assert cfg.input.image_topics == ["cam0/image", "cam1/image"]
+    with pytest.raises(ConfigError, match="not a list of names"):
+        load(None, ["input.image_topics=[1, 2]"])
+    with pytest.raises(ConfigError, match="not a list of integers"):
+        load(None, ["clip.layers=[a]"])
+
+
+@pytest.mark.parametrize("key", [k for k, s in specs().items() if s.choices])
+def test_choices_are_enforced(key):
+    cfg = Config()
+    for choice in spec(key).choices:
+        set_value(cfg, key, choice)
+        assert flatten(cfg)[key] == choice
+    with pytest.raises(ConfigError, match=f"^{key}='nope' is not allowed"):
+        set_value(cfg, key, "nope")
+
+
+@pytest.mark.parametrize("key", [k for k, s in specs().items() if s.range])
+def test_ranges_are_enforced_at_both_ends(key):
+    cfg = Config()
+    low, high = spec(key).range
+    for inside in (low, high):
+        set_value(cfg, key, inside)
+        assert flatten(cfg)[key] == inside
+    step = 1 if spec(key).type is int else max(abs(low), abs(high), 1.0) * 1e-3
+    for outside in (low - step, high + step):
+        with pytest.raises(ConfigError, match=f"^{key}=.* is out of range"):
+            set_value(cfg, key, outside)
+
+
+def test_choices_ranges_and_rules_reach_the_ros_descriptors():
+    pytest.importorskip("rclpy")
+    from clipsam_ros.ros.params import READ_ONLY_NOTE, descriptor, param_specs
+
+    params = {p.name: p for p in param_specs()}
+    assert set(params) == set(specs())
+    for key, s in specs().items():
+        d = descriptor(params[key])
+        assert d.description == s.help and d.read_only == s.reload, key
+        assert (READ_ONLY_NOTE in d.additional_constraints) == s.reload, key
+        if s.choices:
+            assert "one of: " + ", ".join(s.choices) in d.additional_constraints, key
+        if s.range and s.type is int:
+            assert (d.integer_range[0].from_value, d.integer_range[0].to_value) == s.range, key
+        elif s.range:
+            assert (d.floating_point_range[0].from_value, d.floating_point_range[0].to_value) == s.range, key
+        else:
+            assert not d.integer_range and not d.floating_point_range, key
+    assert "odd" in params["refiner.dilation_size"].constraints.split("; ")
 
 
 @pytest.mark.parametrize("override, key", [
@@ -73,3 +133,13 @@ def test_params_file_shape_is_checked(tmp_path):
 def test_reload_keys():
     assert needs_reload("sam.variant") and needs_reload("localizer.method") and needs_reload("device")
     assert not needs_reload("refiner.threshold") and not needs_reload("decision.min_defect_area_px")
+    assert not needs_reload("no.such_key")
+
+
+def test_the_reload_set_is_whole_sections_plus_the_models_own_keys():
+    """What a running node refuses to change: pinned, so a declaration cannot move a key by accident."""
+    sections = ("runtime.", "clip.", "sam.", "weights.", "input.")
+    assert all(s.reload for k, s in specs().items() if k.startswith(sections))
+    assert {k for k, s in specs().items() if s.reload and not k.startswith(sections)} == {
+        "device", "precision", "compile", "localizer.method", "localizer.checkpoint", "localizer.reference_dir",
+        "localizer.bank", "localizer.spatial_radius", "localizer.bank_max_patches", "refiner.method"}

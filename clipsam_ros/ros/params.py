@@ -2,9 +2,9 @@
 
 Every key of `config.Config` is a parameter of the node under its dotted name
 (`refiner.threshold`), which is what rclpy makes of the nested params YAML. Each
-gets a descriptor: its type, the description from `config.DESCRIPTIONS`, its
-range from `config.RANGES`, its choices in `additional_constraints`, and
-`read_only` where a change needs the models rebuilt (`config.needs_reload`).
+gets a descriptor made from the key's declaration (`config.spec`): its type, the
+help text as description, its range, its choices and extra rule ("odd") in
+`additional_constraints`, and `read_only` where a change needs the models rebuilt.
 All checking of values is `config.set_value`'s; nothing here knows a rule.
 """
 from __future__ import annotations
@@ -18,8 +18,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.parameter import Parameter
 
-from ..config import (CHOICES, DESCRIPTIONS, RANGES, STRING_LISTS, Config, ConfigError, flatten, needs_reload,
-                      set_value)
+from ..config import Config, ConfigError, KeySpec, flatten, set_value, spec as key_spec
 from ..errors import one_line
 
 _TYPE_NAMES = {ParameterType.PARAMETER_BOOL: "bool", ParameterType.PARAMETER_INTEGER: "integer",
@@ -28,6 +27,12 @@ _TYPE_NAMES = {ParameterType.PARAMETER_BOOL: "bool", ParameterType.PARAMETER_INT
                ParameterType.PARAMETER_DOUBLE_ARRAY: "double array",
                ParameterType.PARAMETER_STRING_ARRAY: "string array",
                ParameterType.PARAMETER_BOOL_ARRAY: "bool array"}
+
+# the parameter type of each declared config type (type, list item type)
+_PARAM_TYPES = {(bool, None): Parameter.Type.BOOL, (int, None): Parameter.Type.INTEGER,
+                (float, None): Parameter.Type.DOUBLE, (str, None): Parameter.Type.STRING,
+                (list, int): Parameter.Type.INTEGER_ARRAY, (list, float): Parameter.Type.DOUBLE_ARRAY,
+                (list, str): Parameter.Type.STRING_ARRAY}
 
 READ_ONLY_NOTE = "read-only while running: a change rebuilds the models, so restart the node"
 
@@ -55,24 +60,30 @@ def param_specs(cfg: Config | None = None) -> list[ParamSpec]:
     """One spec per config key, defaults taken from `cfg` (or the dataclass defaults)."""
     specs = []
     for name, value in flatten(cfg or Config()).items():
-        # the type rclpy itself infers from the default: lists of ints and of floats differ;
-        # an empty list infers as bytes, so string lists say what they are
-        kind = (Parameter.Type.STRING_ARRAY if name in STRING_LISTS
-                else Parameter.Type.from_parameter_value(value)).value
+        s = key_spec(name)
         notes = []
-        if name in CHOICES:
-            notes.append("one of: " + ", ".join(CHOICES[name]))
-        if name in RANGES:
-            low, high = RANGES[name]
-            notes.append(f"from {low} to {high}" if isinstance(value, int) else f"from {low:g} to {high:g}")
-        if name == "refiner.dilation_size":
-            notes.append("odd")
-        if needs_reload(name):
+        if s.choices is not None:
+            notes.append("one of: " + ", ".join(s.choices))
+        if s.range is not None:
+            low, high = s.range
+            notes.append(f"from {low} to {high}" if s.type is int else f"from {low:g} to {high:g}")
+        if s.check is not None and s.check.note:
+            notes.append(s.check.note)
+        if s.reload:
             notes.append(READ_ONLY_NOTE)
-        specs.append(ParamSpec(name=name, default=copy.copy(value), type=kind,
-                               description=DESCRIPTIONS.get(name, ""), constraints="; ".join(notes),
-                               read_only=needs_reload(name), range=RANGES.get(name)))
+        specs.append(ParamSpec(name=name, default=copy.copy(value), type=_param_type(s).value,
+                               description=s.help, constraints="; ".join(notes),
+                               read_only=s.reload, range=s.range))
     return specs
+
+
+def _param_type(s: KeySpec) -> Parameter.Type:
+    # declared, not inferred from the value: rclpy would take an empty list for bytes
+    return _PARAM_TYPES[(s.type, s.item_type)]
+
+
+def _is_string_list(name: str) -> bool:
+    return key_spec(name).item_type is str
 
 
 def descriptor(spec: ParamSpec) -> ParameterDescriptor:
@@ -96,7 +107,7 @@ def overrides_from_config(cfg: Config, keys: list[str] | None = None) -> list[Pa
     values = flatten(cfg)
     out = []
     for k in (keys if keys is not None else values):
-        if k in STRING_LISTS:
+        if _is_string_list(k):
             # rclpy types an empty list as bytes and refuses it; empty is the default anyway
             if values[k]:
                 out.append(Parameter(k, Parameter.Type.STRING_ARRAY, values[k]))
@@ -114,7 +125,7 @@ def declare_config(node) -> Config:
     cfg = Config()
     for spec in param_specs():
         # an empty string list is declared by type alone: rclpy cannot type an empty default
-        default = Parameter.Type.STRING_ARRAY if spec.name in STRING_LISTS and not spec.default else spec.default
+        default = Parameter.Type.STRING_ARRAY if _is_string_list(spec.name) and not spec.default else spec.default
         try:
             param = node.declare_parameter(spec.name, default, descriptor(spec))
         except InvalidParameterTypeException as exc:
