@@ -71,16 +71,13 @@ def time_encoders(rounds: int, compile_too: bool) -> None:
 FIRST_FRAME = """
 import time, warnings, torch
 warnings.simplefilter("ignore")
-from clipsam_ros.eval.bench import _reference_dir
+from clipsam_ros.eval.bench import bench_references
 from clipsam_ros.config import load
 from clipsam_ros.inspector import Inspector
 from clipsam_ros.resources import config_path
 from clipsam_ros.data.synth import make_sample
-import tempfile, pathlib
 cfg = load(config_path("offline.yaml"))
-with tempfile.TemporaryDirectory() as d:
-    _reference_dir(cfg, (640, 480), pathlib.Path(d))
-    inspector = Inspector.from_config(cfg, progress=False)
+inspector = Inspector.from_config(cfg, progress=False, references=bench_references(cfg, (640, 480)))
 warm_s = inspector.warm_up({warmup})
 image, _ = make_sample("metal", "scratch", seed=4)
 frames = []

@@ -1,10 +1,15 @@
 """Inspector: one RGB frame → one InspectionResult.
 
 Per frame the SAM image encoder runs exactly once and the CLIP image encoder at
-most once (only when the localizer uses CLIP); the localizer and every refiner
+most once (only when the localizer names one); the localizer and every refiner
 stage work on those cached embeddings. Each result carries the encoder calls
 it made and per-stage milliseconds, so the property can be counted from
 outside. A frame that fails anywhere gets verdict "error", never "pass".
+
+The two stages are public so that eval runs exactly what a frame runs:
+`analyse` (the encoders once, overlapped on CUDA streams where switched on, then
+the localizer) and `conclude` (a refiner from the registry, then the verdict).
+`inspect` is the two with the fail-safe and the counting around them.
 """
 from __future__ import annotations
 
@@ -16,19 +21,20 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, RefinerConfig
 from .decision import Defect, Verdict, find_defects, verdict_of
-from .models.accel import run_encoders
-from .models.sam import SamModel, build_sam
-from .refine.cps import Refinement, refine_cps, threshold_only
-from .refine.mmr import refine_mmr
-from .timing import Stopwatch
 from .errors import one_line
+from .localize.base import AnomalyEstimate, Localizer
+from .models.accel import run_encoders
+from .models.features import ClipFeatures, SamEmbedding
+from .models.sam import SamModel, build_sam
+from .refine import Refinement, refine
+from .timing import Stopwatch
 
 log = logging.getLogger(__name__)
 
-# the warm-up frame: a part with a stain, so the prompt decoder stages run as on a defective part
-WARMUP_PRODUCT, WARMUP_DEFECT, WARMUP_SEED = "metal", "stain", 5
+# the warm-up frame's (h, w) when none is given: a VGA camera
+WARMUP_SIZE = (480, 640)
 
 
 @dataclass
@@ -37,7 +43,7 @@ class InspectionResult:
     score: float                          # highest pixel score of the frame
     mask: np.ndarray                      # (H, W) uint8, 255 = defect
     anomaly_map: np.ndarray               # (H, W) float32 0..1, the localizer's S_a
-    pixel_scores: np.ndarray              # (H, W) float32 0..1, fused (see refine.cps)
+    pixel_scores: np.ndarray              # (H, W) float32 0..1, fused (see refine.fuse)
     defects: list[Defect]
     image_score: float                    # the localizer's own image score
     timings_ms: dict[str, float]
@@ -89,31 +95,102 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def warmup_frame(size: tuple[int, int] = WARMUP_SIZE) -> np.ndarray:
+    """A deterministic (h, w) RGB test card: shading, stripes and a dark blotch, unlike any
+    real part, so every stage (the prompt decoder too) has work to do. Drawn here: the core
+    never imports the synthetic-data tooling."""
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    grey = 140 + 40 * np.sin(xx / 7.0) * np.cos(yy / 11.0) + 30 * xx / max(w - 1, 1)
+    blotch = ((xx - 0.6 * w) / (0.08 * w + 1)) ** 2 + ((yy - 0.4 * h) / (0.06 * h + 1)) ** 2 < 1.0
+    grey[blotch] = 25
+    tint = np.array([1.0, 0.95, 0.9], np.float32)
+    return np.clip(grey[:, :, None] * tint, 0, 255).astype(np.uint8)
+
+
+@dataclass
+class FrameAnalysis:
+    """What `Inspector.analyse` found in one frame: the encoders' outputs and the map."""
+
+    image_size: tuple[int, int]           # (h, w) of the frame
+    clip: ClipFeatures | None             # None when the localizer needs no CLIP
+    embedding: SamEmbedding
+    estimate: AnomalyEstimate
+
+
 @dataclass
 class Inspector:
     cfg: Config
     sam: SamModel
-    localizer: object                     # callable (clip, sam, size) -> AnomalyEstimate
+    localizer: Localizer
     device: torch.device
     frames: int = field(default=0)
 
     @classmethod
-    def from_config(cls, cfg: Config, progress: bool = True) -> "Inspector":
-        """Build models and weights; raises one-line errors (ConfigError, WeightError, ...)."""
-        from .localize.factory import build_localizer
+    def from_config(cls, cfg: Config, progress: bool = True, sam: SamModel | None = None,
+                    references: list[np.ndarray] | None = None) -> "Inspector":
+        """Build models and weights; raises one-line errors (ConfigError, WeightError, ...).
+
+        `sam`: an already built SAM to share (the demo, eval and bench build one for several
+        inspectors); `references`: normal images for a localizer that learns from them, in
+        place of the configured folder or bank (see `localize.build_localizer`)."""
+        from .localize import build_localizer
 
         device = resolve_device(cfg.device)
-        sam = build_sam(cfg, device)
-        localizer = build_localizer(cfg, sam, device, progress=progress)
+        sam = sam or build_sam(cfg, device)
+        localizer = build_localizer(cfg, sam, device, progress=progress, references=references)
         return cls(cfg=cfg, sam=sam, localizer=localizer, device=device)
 
     @property
     def clip_encoder(self):
-        return getattr(self.localizer, "encoder", None) if getattr(self.localizer, "uses_clip", False) else None
+        """The CLIP image encoder each frame runs, or None when the localizer needs none."""
+        return self.localizer.encoder
 
     def _clip_calls(self) -> int:
         encoder = self.clip_encoder
         return int(encoder.calls) if encoder is not None else 0
+
+    # ------------------------------------------------------------ the two stages
+
+    def analyse(self, image_rgb: np.ndarray, watch: Stopwatch | None = None) -> FrameAnalysis:
+        """Stage 1: the image encoders once each, then the localizer, on a checked frame."""
+        watch = watch or self._stopwatch()
+        clip_encoder = self.clip_encoder
+        clip, embedding = self._encode(
+            None if clip_encoder is None else (lambda: clip_encoder.encode_image(image_rgb)),
+            lambda: self.sam.encode(image_rgb), watch)
+        return self._localize(image_rgb, clip, embedding, watch)
+
+    def conclude(self, analysis: FrameAnalysis, refiner: RefinerConfig | None = None,
+                 watch: Stopwatch | None = None) -> InspectionResult:
+        """Stage 2: the refiner (`refiner`, default the configured one) on the cached embedding
+        and map, then defects and the verdict. Timings and encoder calls are `inspect`'s to add."""
+        watch = watch or self._stopwatch()
+        refinement = refine(refiner or self.cfg.refiner, analysis.estimate.anomaly_map, analysis.embedding,
+                            self.sam, watch)
+        with watch.stage("decide"):
+            defects = find_defects(refinement.mask, refinement.pixel_scores, self.cfg.decision)
+        return InspectionResult(
+            verdict=verdict_of(defects),
+            score=float(refinement.pixel_scores.max()),
+            mask=refinement.mask.astype(np.uint8) * 255,
+            anomaly_map=analysis.estimate.anomaly_map,
+            pixel_scores=refinement.pixel_scores,
+            defects=defects,
+            image_score=float(analysis.estimate.image_score),
+            timings_ms={},
+            encoder_calls={},
+            refinement=refinement,
+        )
+
+    def _localize(self, image_rgb: np.ndarray, clip: ClipFeatures | None, embedding: SamEmbedding,
+                  watch: Stopwatch) -> FrameAnalysis:
+        size = image_rgb.shape[:2]
+        with watch.stage("localize"):
+            estimate = self.localizer(clip, embedding, size)
+        return FrameAnalysis(size, clip, embedding, estimate)
+
+    # ------------------------------------------------------------ frames
 
     def inspect(self, image_rgb: np.ndarray, watch: Stopwatch | None = None) -> InspectionResult:
         """Inspect one RGB uint8 frame. Never raises for a bad frame: returns verdict "error"."""
@@ -126,11 +203,7 @@ class Inspector:
         try:
             check_frame(image_rgb)
             with watch.stage("total"):
-                clip_encoder = self.clip_encoder
-                clip, embedding = self._encode(
-                    None if clip_encoder is None else (lambda: clip_encoder.encode_image(image_rgb)),
-                    lambda: self.sam.encode(image_rgb), watch)
-                result = self._after_encoders(image_rgb, clip, embedding, watch)
+                result = self.conclude(self.analyse(image_rgb, watch), watch=watch)
         except Exception as exc:  # one bad frame must not take the line down: fail safe
             return self._failed(image_rgb, exc, watch, calls())
         result.timings_ms = dict(watch.ms)
@@ -176,7 +249,7 @@ class Inspector:
             watch = self._stopwatch()
             try:
                 with watch.stage("total"):
-                    result = self._after_encoders(images_rgb[i], clip, embedding, watch)
+                    result = self.conclude(self._localize(images_rgb[i], clip, embedding, watch), watch=watch)
             except Exception as exc:
                 results[i] = self._failed(images_rgb[i], exc, watch, calls)
                 continue
@@ -200,23 +273,21 @@ class Inspector:
             watch.add("encoders", run.wall_ms)
         return run.clip, run.sam
 
-    def warm_up(self, frames: int | None = None, batch: int = 1, size: tuple[int, int] = (480, 640)) -> float:
+    def warm_up(self, frames: int | None = None, batch: int = 1, size: tuple[int, int] = WARMUP_SIZE) -> float:
         """Run `frames` whole frames (default `runtime.warmup_frames`) through the pipeline so the
         first real frame does not pay for lazy initialisation, autotuning or torch.compile.
 
         `batch` > 1 runs `inspect_batch` on that many frames (one per camera), so a compiled
-        encoder has seen the batch shape. `size` is the frame's (height, width). The frame is a
-        synthetic part WITH a defect, so the prompt decoder runs too. Nothing is counted: frame
+        encoder has seen the batch shape. `size` is the frame's (height, width). The frame is
+        `warmup_frame`, unlike any part, so the prompt decoder runs too. Nothing is counted: frame
         and encoder counters are restored, and no component learns from it (the localizers
         keep no per-frame state; the reference bank only moves to the device, as on any first
         frame). Returns the seconds spent; raises if a warm-up frame fails.
         """
-        from .data.synth import make_sample
-
         frames = self.cfg.runtime.warmup_frames if frames is None else int(frames)
         if frames <= 0:
             return 0.0
-        image, _ = make_sample(WARMUP_PRODUCT, WARMUP_DEFECT, seed=WARMUP_SEED, size=(size[1], size[0]))
+        image = warmup_frame(size)
         counters = self._counters()
         start = time.perf_counter()
         try:
@@ -250,33 +321,3 @@ class Inspector:
         log.error("frame could not be inspected: %s", message)
         shape = image_rgb.shape[:2] if getattr(image_rgb, "ndim", 0) >= 2 else (1, 1)
         return error_result(shape, message, dict(watch.ms), calls)
-
-    def _after_encoders(self, image_rgb: np.ndarray, clip, embedding, watch: Stopwatch) -> InspectionResult:
-        """Everything after the encoders, on their cached outputs."""
-        size = image_rgb.shape[:2]
-        with watch.stage("localize"):
-            estimate = self.localizer(clip, embedding, size)
-        refinement = self._refine(estimate.anomaly_map, embedding, watch)
-        with watch.stage("decide"):
-            defects = find_defects(refinement.mask, refinement.pixel_scores, self.cfg.decision)
-        return InspectionResult(
-            verdict=verdict_of(defects),
-            score=float(refinement.pixel_scores.max()),
-            mask=refinement.mask.astype(np.uint8) * 255,
-            anomaly_map=estimate.anomaly_map,
-            pixel_scores=refinement.pixel_scores,
-            defects=defects,
-            image_score=float(estimate.image_score),
-            timings_ms={},
-            encoder_calls={},
-            refinement=refinement,
-        )
-
-    def _refine(self, anomaly_map: np.ndarray, embedding, watch: Stopwatch) -> Refinement:
-        method = self.cfg.refiner.method
-        if method == "cps":
-            return refine_cps(anomaly_map, embedding, self.sam, self.cfg.refiner, watch)
-        if method == "mmr":
-            return refine_mmr(anomaly_map, embedding, self.sam, self.cfg.refiner, watch)
-        with watch.stage("fuse"):
-            return threshold_only(anomaly_map, self.cfg.refiner)

@@ -5,7 +5,14 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
+import numpy as np
 import torch
+
+
+def percentile(values, q: float) -> float:
+    """The q-th percentile (0..100) of `values`; NaN when there are none (JSON writers say null)."""
+    values = list(values)
+    return float(np.percentile(np.asarray(values, np.float64), q)) if values else float("nan")
 
 
 class Stopwatch:

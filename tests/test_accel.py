@@ -17,7 +17,7 @@ import pytest
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from clipsam_ros.localize.factory import build_localizer
+from clipsam_ros.localize import build_localizer
 from clipsam_ros.models.accel import (AccelSettings, HostStager, SdpaSamAttention, channels_last_input,
                                       maybe_compile, run_encoders, to_channels_last, use_sdpa)
 from clipsam_ros.models.sam import SamModel
@@ -206,6 +206,10 @@ class CountingLocalizer:
     inner: object
     calls: int = 0
     peaks: list = dataclasses.field(default_factory=list)
+
+    @property
+    def encoder(self):
+        return self.inner.encoder
 
     def __call__(self, clip, sam, size):
         self.calls += 1

@@ -158,7 +158,7 @@ def test_trimmed_text_encoding_is_exact(encoder):
 def test_zero_shot_map_and_text_once(encoder, frame, feats):
     cfg = LocalizerConfig(method="clip_zero_shot", sigma=4.0, temperature=0.07)
     loc = ClipZeroShotLocalizer(encoder, cfg, "screw", templates=FEW_TEMPLATES)
-    assert loc.uses_clip and loc.encoder is encoder
+    assert loc.encoder is encoder
     assert loc.text.shape == (2, encoder.embed_dim)
     encodes, text_calls = loc.text_encodes, encoder.text_calls
     for _ in range(3):
@@ -177,7 +177,7 @@ def test_adapter_save_load_identical_maps(residual, res_feats, frame, tmp_path):
     torch.manual_seed(3)
     heads = make_heads(residual)
     loc = ClipAdapterLocalizer(residual, heads, cfg, templates=FEW_TEMPLATES)
-    assert loc.encoder is residual and loc.uses_clip
+    assert loc.encoder is residual
     feats = res_feats
     first = loc(feats, None, frame.shape[:2])
     assert first.anomaly_map.shape == frame.shape[:2] and first.anomaly_map.dtype == np.float32

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from clipsam_ros.config import Config, set_value
-from clipsam_ros.data.datasets import DatasetError, load_dataset, read_mask, read_rgb, resize_longest
+from clipsam_ros.data.datasets import DatasetError, load_dataset, read_mask
+from clipsam_ros.imaging.files import read_rgb, resize_longest
 from clipsam_ros.eval.runner import pick_shots
 from clipsam_ros.eval.variants import PIPELINE, Variant, ablation_variants
 from clipsam_ros.data.synth import generate_dataset

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from clipsam_ros.config import ConfigError
-from clipsam_ros.localize.factory import build_localizer
+from clipsam_ros.localize import build_localizer
 from clipsam_ros.localize.reference import BankError, load_bank, save_bank
 from clipsam_ros.inspector import Inspector
 from clipsam_ros.data.synth import generate_dataset, make_sample
@@ -66,10 +66,13 @@ def test_a_bad_frame_gets_an_error_verdict_and_the_next_is_inspected(inspector):
 def test_an_exception_inside_inference_is_contained(inspector):
     real = inspector.localizer
 
-    def broken(*args):
-        raise RuntimeError("CUDA out of memory (simulated)")
+    class Broken:          # a localizer (base.Localizer) that fails like a GPU out of memory
+        encoder = None
 
-    inspector.localizer = broken
+        def __call__(self, *args):
+            raise RuntimeError("CUDA out of memory (simulated)")
+
+    inspector.localizer = Broken()
     try:
         result = inspector.inspect(make_sample("metal", None, seed=1)[0])
     finally:

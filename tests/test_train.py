@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from clipsam_ros.config import load
-from clipsam_ros.data.datasets import read_mask, read_rgb
+from clipsam_ros.data.datasets import read_mask
+from clipsam_ros.imaging.files import read_rgb
 from clipsam_ros.eval.metrics import compute_metrics
 from clipsam_ros.localize.clip_adapter import ClipAdapterLocalizer, load_adapter
-from clipsam_ros.localize.factory import build_heads_clip, build_localizer
+from clipsam_ros.localize import build_heads_clip, build_localizer
 from clipsam_ros.localize.umci import UmciLocalizer, load_umci
 from clipsam_ros.inspector import Inspector
 from clipsam_ros.resources import config_path

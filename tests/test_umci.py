@@ -15,7 +15,7 @@ import torch
 from clipsam_ros.config import ConfigError, load
 from clipsam_ros.localize.clip_adapter import (AdapterMismatchError, AdapterMissingError, adapter_meta,
                                                head_probabilities, make_heads, save_adapter)
-from clipsam_ros.localize.factory import build_heads_clip, build_localizer
+from clipsam_ros.localize import build_heads_clip, build_localizer
 from clipsam_ros.localize.umci import (UMCI_FORMAT, UmciBlock, UmciHeads, UmciLocalizer, checkpoint_method,
                                        load_umci, make_umci, save_umci, umci_meta)
 from clipsam_ros.data.synth import make_sample

@@ -30,7 +30,8 @@ def load_config(args: argparse.Namespace, default_name: str):
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from ..imaging.files import read_image, write_error, write_result
+    from ..imaging.files import read_rgb
+    from ..outputs.files import write_error, write_result
     from ..inspector import Inspector
 
     cfg = load_config(args, "inspect.yaml")
@@ -47,7 +48,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for path in args.images:
         stem = Path(path).stem
         try:
-            image = read_image(path)
+            image = read_rgb(path)
         except (OSError, ValueError) as exc:  # one bad file loses nothing else
             write_error(out, stem, str(exc))
             print(f"clipsam-ros inspect: error: {one_line(exc)}", file=sys.stderr)

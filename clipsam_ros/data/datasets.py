@@ -23,9 +23,9 @@ from typing import Sequence
 import cv2
 import numpy as np
 from ..errors import ClipsamError
+from ..imaging.files import IMAGE_SUFFIXES
 
 LAYOUTS = ("mvtec", "visa", "synth")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 class DatasetError(ClipsamError, ValueError):
@@ -124,26 +124,6 @@ def load_dataset(root: str | Path, layout: str, classes: Sequence[str] | None = 
         if not data.test:
             raise DatasetError(f"class {data.name} in {root} has no test images")
     return found
-
-
-def resize_longest(image: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
-    """`image` with its longer side `size` (aspect kept); unchanged when size is 0."""
-    if not size:
-        return image
-    h, w = image.shape[:2]
-    scale = size / max(h, w)
-    if scale == 1.0:
-        return image
-    new = (max(1, round(w * scale)), max(1, round(h * scale)))
-    mode = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    return cv2.resize(image, new, interpolation=mode)
-
-
-def read_rgb(path: Path, size: int = 0) -> np.ndarray:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise DatasetError(f"cannot read the image {path}; remove it or fix the dataset")
-    return resize_longest(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size)
 
 
 def read_mask(sample: Sample, shape: tuple[int, int]) -> np.ndarray:

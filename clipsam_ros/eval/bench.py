@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import copy
 import resource
-import tempfile
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -26,6 +24,7 @@ from ..config import Config, flatten
 from ..models.sam import DecoderOutput, SamModel
 from ..data.synth import make_sample, sample_seed
 from ..decision import Verdict
+from ..timing import percentile
 
 # `encoders`: the wall time of CLIP and SAM overlapped on CUDA streams (then less than their sum)
 STAGES = ("decode", "clip_encoder", "sam_encoder", "encoders", "localize", "ppg", "cps", "mmr", "fuse", "decide",
@@ -79,35 +78,23 @@ def bench_frames(count: int, size: tuple[int, int]) -> list[bytes]:
     return frames
 
 
-def _reference_dir(cfg: Config, size: tuple[int, int], scratch: Path) -> None:
-    """Give the reference localizer good parts to build its bank from, when none are configured."""
+def bench_references(cfg: Config, size: tuple[int, int]) -> list[np.ndarray] | None:
+    """Good parts for a localizer that learns from them, when the config names none."""
     if cfg.localizer.method != "reference" or cfg.localizer.reference_dir or cfg.localizer.bank:
-        return
-    for i in range(3):
-        rgb, _ = make_sample(BENCH_PRODUCT, None, sample_seed(0, BENCH_PRODUCT, "train/good", i), size=size)
-        cv2.imwrite(str(scratch / f"{i:03d}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    cfg.localizer.reference_dir = str(scratch)
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else 0.0
+        return None
+    return [make_sample(BENCH_PRODUCT, None, sample_seed(0, BENCH_PRODUCT, "train/good", i), size=size)[0]
+            for i in range(3)]
 
 
 def run_bench(cfg: Config, frames: int = 20, warmup: int = 2, batch: int = 1, naive: bool = False,
               size: tuple[int, int] = (640, 480)) -> dict:
-    from ..localize.factory import build_localizer
-    from ..models.sam import build_sam
-    from ..inspector import Inspector, resolve_device
+    from ..inspector import Inspector
 
     if naive and batch > 1:
         raise ValueError("--naive runs one frame at a time, as a per-call predictor does; drop --batch")
     cfg = copy.deepcopy(cfg)
-    device = resolve_device(cfg.device)
-    with tempfile.TemporaryDirectory() as scratch:
-        _reference_dir(cfg, size, Path(scratch))
-        sam = build_sam(cfg, device)
-        localizer = build_localizer(cfg, sam, device, progress=False)
-    inspector = Inspector(cfg, sam, localizer, device)
+    inspector = Inspector.from_config(cfg, progress=False, references=bench_references(cfg, size))
+    device, sam = inspector.device, inspector.sam
     # the same warm-up as the node's at start-up (a frame with a defect, at the batch shape)
     warmup_s = inspector.warm_up(frames=warmup, batch=batch, size=(size[1], size[0]))
     if naive:

@@ -17,18 +17,13 @@ import numpy as np
 from tqdm import tqdm
 
 from ..config import Config
-from ..imaging.files import read_image, write_result
-from ..localize.factory import build_localizer
-from ..models.sam import build_sam
-from ..inspector import Inspector, resolve_device
 from ..data.synth import generate_dataset
 from ..decision import Verdict
-
-
-def iou(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Intersection over union; two empty masks agree perfectly."""
-    union = np.logical_or(pred, truth).sum()
-    return 1.0 if union == 0 else float(np.logical_and(pred, truth).sum() / union)
+from ..imaging.files import read_rgb
+from ..inspector import Inspector, resolve_device
+from ..models.sam import build_sam
+from ..outputs.files import write_result
+from .metrics import iou
 
 
 @dataclass
@@ -59,9 +54,9 @@ def run_demo(cfg: Config, out: Path, n: int = 2, seed: int = 0, classes: list[st
         product_cfg = copy.deepcopy(cfg)
         product_cfg.localizer.reference_dir = str(data / product / "train" / "good")
         product_cfg.localizer.bank = ""
-        inspector = Inspector(product_cfg, sam, build_localizer(product_cfg, sam, device), device)
+        inspector = Inspector.from_config(product_cfg, sam=sam)     # one SAM for every product
         for item in tqdm(test_images(data, product), desc=f"inspect {product}", unit="img"):
-            image = read_image(item.path)
+            image = read_rgb(item.path)
             result = inspector.inspect(image)
             stem = f"{product}_{item.defect}_{item.path.stem}"
             write_result(out, stem, image, result)

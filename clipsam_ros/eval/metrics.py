@@ -74,6 +74,13 @@ NAN = float("nan")
 # small helpers
 # ---------------------------------------------------------------------------
 
+def iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Intersection over union of two masks (non-zero = in); two empty masks agree perfectly."""
+    pred, truth = np.asarray(pred) > 0, np.asarray(truth) > 0
+    union = np.logical_or(pred, truth).sum()
+    return 1.0 if union == 0 else float(np.logical_and(pred, truth).sum() / union)
+
+
 def f1_max(precision: Sequence[float] | np.ndarray, recall: Sequence[float] | np.ndarray) -> float:
     """Max over curve points of 2PR / (P + R); points with P + R == 0 count as 0.
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..config import Config, to_dict
 from .metrics import METRIC_KEYS
-from ..data.datasets import read_rgb
+from ..imaging.files import read_rgb
 from .runner import ClassResult, EvalResult, WorstImage
 from .variants import PIPELINE
 

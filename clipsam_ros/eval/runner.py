@@ -1,9 +1,11 @@
 """The evaluation loop: one pass over a dataset, every refiner variant on the same embeddings.
 
-Per image, the SAM encoder (and CLIP's, when the localizer uses it) runs once
-and the localizer once; then each distinct refiner variant (the configured
-pipeline, plus the ablation rows) runs on that cached embedding and map. Each
-variant has its own `MetricAccumulator` per class.
+Per image, the Inspector's own first stage runs once (`Inspector.analyse`: the
+SAM encoder, CLIP's when the localizer uses it, overlapped on CUDA streams as
+on the line, then the localizer); then its second stage (`Inspector.conclude`)
+runs once per distinct refiner variant (the configured pipeline, plus the
+ablation rows) on that cached embedding and map. So eval measures exactly the
+code a frame runs. Each variant has its own `MetricAccumulator` per class.
 
 Choices, documented in docs/EVAL.md:
 
@@ -14,8 +16,9 @@ Choices, documented in docs/EVAL.md:
   image score: their maximum (`InspectionResult.score`), per variant, so the
   image AUROC also reflects the refinement.
 * reference localizer: a memory bank per class from `shots` of its train/good
-  images (evenly spaced over the sorted list); the configured `localizer.bank`
-  and `reference_dir` are not used. Other localizers are built once.
+  images (evenly spaced over the sorted list), through `Inspector.from_config(
+  references=...)`; the configured `localizer.bank` and `reference_dir` are not
+  used. Other localizers are built once, in one Inspector for every class.
 """
 from __future__ import annotations
 
@@ -28,11 +31,16 @@ import torch
 from tqdm import tqdm
 
 from ..config import Config
-from ..decision import Defect, find_defects, verdict_of
+from ..data.datasets import ClassData, DatasetError, Sample, read_mask
+from ..decision import Defect, Verdict
+from ..imaging.files import read_rgb
+from ..inspector import FrameAnalysis, InspectionResult, Inspector
 from ..timing import Stopwatch
-from ..data.datasets import ClassData, DatasetError, Sample, read_mask, read_rgb
-from .metrics import MetricAccumulator, PixelCurves
-from .variants import PIPELINE, Variant, ablation_variants, refine
+from .metrics import MetricAccumulator, PixelCurves, iou
+from .variants import PIPELINE, Variant, ablation_variants
+
+# the localizers that learn "normal" from images of good parts: eval gives them each class's shots
+LEARN_FROM_REFERENCES = ("reference",)
 
 
 @dataclass
@@ -44,7 +52,7 @@ class WorstImage:
     pred: np.ndarray          # bool
     truth: np.ndarray         # bool
     defects: list[Defect]
-    verdict: str
+    verdict: Verdict
     score: float
 
 
@@ -77,11 +85,6 @@ def pick_shots(paths: list[Path], shots: int) -> list[Path]:
     return [paths[i] for i in sorted(set(idx))]
 
 
-def _iou(pred: np.ndarray, truth: np.ndarray) -> float:
-    union = np.logical_or(pred, truth).sum()
-    return 1.0 if union == 0 else float(np.logical_and(pred, truth).sum() / union)
-
-
 class Evaluator:
     """Holds the models across classes; `run` evaluates a list of classes."""
 
@@ -96,60 +99,45 @@ class Evaluator:
         for v in [self.pipeline] + [v for vs in self.ablations.values() for v in vs]:
             self.unique.setdefault(v.key, v)
         self.watch = Stopwatch(sync_cuda=device.type == "cuda")
-        self._shared_localizer = None
+        self._shared: Inspector | None = None
 
-    # --------------------------------------------------------------- localizers
+    # --------------------------------------------------------------- inspectors
 
-    def localizer_for(self, data: ClassData, bar: tqdm | None = None):
-        """The class's localizer: a fresh reference bank, or the shared CLIP-based one."""
-        cfg = self.cfg
-        if cfg.localizer.method != "reference":
-            if self._shared_localizer is None:
-                from ..localize.factory import build_localizer
+    def learns_from_references(self) -> bool:
+        return self.cfg.localizer.method in LEARN_FROM_REFERENCES
 
-                self._shared_localizer = build_localizer(cfg, self.sam, self.device, progress=False)
-            return self._shared_localizer
-        from ..localize.reference import ReferenceLocalizer, build_bank
-
+    def inspector_for(self, data: ClassData, bar: tqdm | None = None) -> Inspector:
+        """The class's Inspector: one with a bank of the class's shots, or the one shared by all."""
+        if not self.learns_from_references():
+            if self._shared is None:
+                self._shared = Inspector.from_config(self.cfg, progress=False, sam=self.sam)
+            return self._shared
         paths = pick_shots(data.train_good, self.shots)
         if len(paths) < 2:
             raise DatasetError(f"class {data.name} has {len(data.train_good)} train/good images; the reference "
                                f"localizer needs at least 2 (or use another localizer.method)")
         if bar is not None:
             bar.set_postfix_str(f"{data.name}: reference bank")
-
-        def encode(image):
-            if bar is not None:
-                bar.update(1)
-            with self.watch.stage("sam_encoder"):
-                return self.sam.encode(image)
-
-        images = [read_rgb(p, self.size) for p in paths]
-        bank = build_bank(images, encode, sam_variant=cfg.sam.variant, spatial_radius=cfg.localizer.spatial_radius,
-                          max_patches=cfg.localizer.bank_max_patches, progress=False)
-        return ReferenceLocalizer(bank, cfg.localizer)
+        images = [read_rgb(p, self.size, fix="remove it or fix the dataset") for p in paths]
+        with self.watch.stage("reference_bank"):
+            inspector = Inspector.from_config(self.cfg, progress=False, sam=self.sam, references=images)
+        if bar is not None:
+            bar.update(len(images))
+        return inspector
 
     def bank_images(self, data: ClassData) -> int:
-        return len(pick_shots(data.train_good, self.shots)) if self.cfg.localizer.method == "reference" else 0
+        return len(pick_shots(data.train_good, self.shots)) if self.learns_from_references() else 0
 
     # --------------------------------------------------------------- one image
 
-    def analyse(self, localizer, image: np.ndarray):
-        """Encoders once, localizer once, then every distinct refiner: (estimate, {key: Refinement})."""
-        watch = self.watch
-        clip = None
-        if getattr(localizer, "uses_clip", False):
-            with watch.stage("clip_encoder"):
-                clip = localizer.encoder.encode_image(image)
-        with watch.stage("sam_encoder"):
-            embedding = self.sam.encode(image)
-        with watch.stage("localize"):
-            estimate = localizer(clip, embedding, image.shape[:2])
-        refinements = {}
+    def analyse(self, inspector: Inspector, image: np.ndarray) -> tuple[FrameAnalysis, dict[str, InspectionResult]]:
+        """The Inspector's first stage once, then its second for every distinct refiner variant."""
+        analysis = inspector.analyse(image, self.watch)
+        results = {}
         for key, variant in self.unique.items():
-            with watch.stage(f"refine[{variant.name}]"):
-                refinements[key] = refine(variant.refiner, estimate.anomaly_map, embedding, self.sam)
-        return estimate, refinements
+            with self.watch.stage(f"refine[{variant.name}]"):
+                results[key] = inspector.conclude(analysis, variant.refiner)
+        return analysis, results
 
     # --------------------------------------------------------------- classes
 
@@ -165,33 +153,32 @@ class Evaluator:
                           {k: round(v, 1) for k, v in self.watch.ms.items()})
 
     def _run_class(self, data: ClassData, bar: tqdm) -> ClassResult:
-        localizer = self.localizer_for(data, bar)
+        inspector = self.inspector_for(data, bar)
         bar.set_postfix_str(data.name)
         bank_images = self.bank_images(data)
         accs = {key: MetricAccumulator() for key in self.unique}
         worst: list[WorstImage] = []
         for sample in data.test:
-            image = read_rgb(sample.image, self.size)
+            image = read_rgb(sample.image, self.size, fix="remove it or fix the dataset")
             truth = read_mask(sample, image.shape[:2])
-            _, refinements = self.analyse(localizer, image)
-            for key, ref in refinements.items():
-                accs[key].add(ref.pixel_scores, truth, float(ref.pixel_scores.max()), sample.label)
-            self._keep_worst(worst, sample, truth, refinements[self.pipeline.key])
+            _, results = self.analyse(inspector, image)
+            for key, result in results.items():
+                accs[key].add(result.pixel_scores, truth, result.score, sample.label)
+            self._keep_worst(worst, sample, truth, results[self.pipeline.key])
             bar.update(1)
         by_key = {key: acc.result() for key, acc in accs.items()}
         names = {v.name: by_key[v.key] for v in [self.pipeline] + [v for vs in self.ablations.values() for v in vs]}
         return ClassResult(data.name, len(data.test), names, accs[self.pipeline.key].curves(), worst, bank_images)
 
-    def _keep_worst(self, worst: list[WorstImage], sample: Sample, truth: np.ndarray, ref) -> None:
+    def _keep_worst(self, worst: list[WorstImage], sample: Sample, truth: np.ndarray,
+                    result: InspectionResult) -> None:
         if not self.worst_k:
             return
-        pred = ref.mask.astype(bool)
-        iou = _iou(pred, truth)
-        if len(worst) == self.worst_k and iou >= worst[-1].iou:
+        pred = result.mask > 0
+        overlap = iou(pred, truth)
+        if len(worst) == self.worst_k and overlap >= worst[-1].iou:
             return
-        defects = find_defects(pred, ref.pixel_scores, self.cfg.decision)
-        worst.append(WorstImage(iou, sample, pred, truth, defects, verdict_of(defects),
-                                float(ref.pixel_scores.max())))
+        worst.append(WorstImage(overlap, sample, pred, truth, result.defects, result.verdict, result.score))
         # lowest IoU first; among equals the larger wrong area
         worst.sort(key=lambda w: (w.iou, -int(np.logical_xor(w.pred, w.truth).sum())))
         del worst[self.worst_k:]

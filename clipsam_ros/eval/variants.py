@@ -49,15 +49,3 @@ def ablation_variants(ablation: str, base: RefinerConfig) -> list[Variant]:
                 for shape in DILATION_SHAPES for size in DILATION_SIZES]
     raise ConfigError(f"--ablation {ablation!r} is unknown (choose one of: {', '.join(ABLATIONS)})")
 
-
-def refine(refiner: RefinerConfig, anomaly_map, embedding, sam, watch=None):
-    """One refiner on a cached embedding, dispatched like `Inspector` does."""
-    from ..refine.cps import refine_cps, threshold_only
-
-    if refiner.method == "cps":
-        return refine_cps(anomaly_map, embedding, sam, refiner, watch)
-    if refiner.method == "mmr":
-        from ..refine.mmr import refine_mmr
-
-        return refine_mmr(anomaly_map, embedding, sam, refiner, watch)
-    return threshold_only(anomaly_map, refiner)

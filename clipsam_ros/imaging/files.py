@@ -1,37 +1,41 @@
-"""Image files in, result files out (the `inspect` contract)."""
+"""Image files in: the one reader of image files (CLI, reference folders, datasets)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from ..inspector import InspectionResult, error_result
-from .overlay import render_overlay
-from ..errors import one_line
+from ..errors import ClipsamError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """An RGB uint8 frame from an image file; one-line error when it is not one."""
+class ImageFileError(ClipsamError, ValueError):
+    """An image file that is missing or cannot be decoded; the message is one line naming it."""
+
+
+def resize_longest(image: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    """`image` with its longer side `size` (aspect kept); unchanged when size is 0."""
+    if not size:
+        return image
+    h, w = image.shape[:2]
+    scale = size / max(h, w)
+    if scale == 1.0:
+        return image
+    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    mode = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    return cv2.resize(image, new, interpolation=mode)
+
+
+def read_rgb(path: str | Path, longest: int = 0, fix: str = "") -> np.ndarray:
+    """An RGB uint8 frame from an image file, its longer side resized to `longest` when that is
+    not 0. Raises ImageFileError (one line, ending with the caller's `fix` advice)."""
     path = Path(path)
+    advice = f"; {fix}" if fix else ""
     if not path.is_file():
-        raise FileNotFoundError(f"image {path} does not exist")
+        raise ImageFileError(f"image {path} does not exist{advice}")
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise ValueError(f"image {path} is not a readable image file (png, jpg, bmp, tif)")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def write_result(out: Path, stem: str, image_rgb: np.ndarray, result: InspectionResult) -> None:
-    """`<stem>_mask.png` (0/255), `<stem>_overlay.png` and `<stem>.json`."""
-    cv2.imwrite(str(out / f"{stem}_mask.png"), result.mask)
-    overlay = render_overlay(image_rgb, result.mask, result.defects, result.verdict, result.score)
-    cv2.imwrite(str(out / f"{stem}_overlay.png"), overlay)
-    (out / f"{stem}.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
-
-
-def write_error(out: Path, stem: str, message: str) -> None:
-    """The JSON of a file that could not even be read: verdict "error", never a silent skip."""
-    data = error_result((1, 1), one_line(message)).to_json()
-    (out / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")
+        raise ImageFileError(f"image {path} is not a readable image file (png, jpg, bmp, tif){advice}")
+    return resize_longest(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), longest)

@@ -1,1 +1,119 @@
-"""Localizers: frame features -> anomaly map S_a and an image score."""
+"""Localizers: where a frame looks anomalous (S_a and an image score), from cached encoder outputs.
+
+One builder per `localizer.method` in `LOCALIZERS`; `build_localizer` is the one way
+the Inspector, eval, bench and the demo get one. A new method is a module here and
+one line in the registry. Every localizer is a `base.Localizer`: it names the CLIP
+encoder it needs per frame (or None) and maps cached features to an `AnomalyEstimate`.
+
+    clip_zero_shot  training-free CLIP map (prompt ensemble, value-value attention path)
+    clip_adapter    the papers' trained linear heads on CLIP patch tokens
+    umci            ClipSAM's UMCI heads
+    reference       few-shot: a memory bank of normal parts' patch features
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+
+from ..config import Config, ConfigError
+from .base import AnomalyEstimate, Localizer
+
+if TYPE_CHECKING:  # torch, open_clip and SAM load when a localizer is built, not on import
+    import torch
+
+    from ..models.clip import ClipEncoder
+    from ..models.sam import SamModel
+
+__all__ = ["AnomalyEstimate", "Localizer", "LOCALIZERS", "build_localizer", "build_heads_clip"]
+
+# (config, SAM, device, normal images or None, progress) -> Localizer
+LocalizerBuilder = Callable[[Config, "SamModel", "torch.device", "Sequence[np.ndarray] | None", bool], Localizer]
+
+
+def _reference(cfg: Config, sam: SamModel, device: torch.device, references: Sequence[np.ndarray] | None,
+               progress: bool) -> Localizer:
+    """From `references` when given (eval's shots, the demo's good parts), else from
+    `localizer.bank` when that file exists, else from `localizer.reference_dir` (saved to
+    `localizer.bank` when that is set)."""
+    from ..imaging.files import read_rgb
+    from .reference import ReferenceLocalizer, build_bank, list_images, load_bank, save_bank
+
+    loc = cfg.localizer
+    bank_path = Path(loc.bank).expanduser() if loc.bank and references is None else None
+    if bank_path is not None and bank_path.exists():
+        return ReferenceLocalizer(load_bank(bank_path, cfg.sam.variant, loc.spatial_radius), loc)
+    if references is None:
+        if not loc.reference_dir:
+            raise ConfigError("localizer.method=reference needs localizer.reference_dir (a folder of good "
+                              "parts) or an existing localizer.bank file")
+        fix = "remove it from localizer.reference_dir"
+        references = [read_rgb(p, fix=fix) for p in list_images(loc.reference_dir)]
+    bank = build_bank(references, sam.encode, cfg.sam.variant, loc.spatial_radius, loc.bank_max_patches,
+                      progress=progress)
+    if bank_path is not None:
+        save_bank(bank, bank_path)
+    return ReferenceLocalizer(bank, loc)
+
+
+def build_heads_clip(cfg: Config, device: torch.device) -> ClipEncoder:
+    """The frozen residual-path CLIP that trained heads (clip_adapter, umci) sit on.
+
+    Built under a fixed seed (the global RNG is left as it was): with
+    clip.pretrained=none the random-init CLIP then is the same in `clipsam-ros
+    train` and at inference, whatever was built before it; real weights
+    overwrite every parameter, so for them the seed changes nothing.
+    """
+    import torch
+
+    from ..models.accel import AccelSettings
+    from ..models.clip import build_clip
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return build_clip(cfg.clip, device, precision=cfg.precision, token_path="residual",
+                          cache_dir=cfg.weights.cache_dir or None, accel=AccelSettings.from_config(cfg, device))
+
+
+def _clip_zero_shot(cfg: Config, sam: SamModel, device: torch.device, references, progress: bool) -> Localizer:
+    from ..models.accel import AccelSettings
+    from ..models.clip import build_clip
+    from .clip_zero_shot import ClipZeroShotLocalizer
+
+    encoder = build_clip(cfg.clip, device, precision=cfg.precision, cache_dir=cfg.weights.cache_dir or None,
+                         accel=AccelSettings.from_config(cfg, device))
+    return ClipZeroShotLocalizer(encoder, cfg.localizer)
+
+
+def _trained_heads(cfg: Config, sam: SamModel, device: torch.device, references, progress: bool) -> Localizer:
+    from .clip_adapter import ClipAdapterLocalizer
+    from .umci import UmciLocalizer, checkpoint_method
+
+    method = cfg.localizer.method
+    # say a method / checkpoint mix-up before building a large CLIP
+    held = checkpoint_method(cfg.localizer.checkpoint) if cfg.localizer.checkpoint else None
+    if held is not None and held != method:
+        raise ConfigError(f"localizer.checkpoint={cfg.localizer.checkpoint} holds {held} heads but "
+                          f"localizer.method={method}; set localizer.method={held} or use a {method} checkpoint")
+    kind = UmciLocalizer if method == "umci" else ClipAdapterLocalizer
+    return kind.from_checkpoint(build_heads_clip(cfg, device), cfg.localizer)
+
+
+LOCALIZERS: dict[str, LocalizerBuilder] = {
+    "clip_zero_shot": _clip_zero_shot,
+    "clip_adapter": _trained_heads,
+    "umci": _trained_heads,
+    "reference": _reference,
+}
+
+
+def build_localizer(cfg: Config, sam: SamModel, device: torch.device, progress: bool = True,
+                    references: Sequence[np.ndarray] | None = None) -> Localizer:
+    """The configured localizer. `references`: images of normal parts to learn from instead of
+    `localizer.reference_dir` / `localizer.bank` (ignored by methods that learn nothing)."""
+    builder = LOCALIZERS.get(cfg.localizer.method)
+    if builder is None:
+        raise ConfigError(f"localizer.method={cfg.localizer.method!r} is not registered "
+                          f"(choose one of: {', '.join(LOCALIZERS)})")
+    return builder(cfg, sam, device, references, progress)

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from ..config import LocalizerConfig
-from ..models.features import AnomalyEstimate, ClipFeatures
+from ..models.features import ClipFeatures
+from .base import AnomalyEstimate
 from ..models.clip import ClipEncoder
 from .clip_zero_shot import TEMPLATES, abnormal_probability, blend_score, finish_map, state_text_embeddings
 from ..errors import ClipsamError, one_line
@@ -180,7 +181,6 @@ class ClipAdapterLocalizer:
     an encoder on the vv path is swapped for a residual view of the same model.
     """
 
-    uses_clip = True
     heads_name = "adapter heads"          # for the mismatch message; subclasses name theirs
 
     def __init__(self, encoder: ClipEncoder, heads: nn.ModuleList, cfg: LocalizerConfig,

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import LocalizerConfig
-from ..models.features import AnomalyEstimate, ClipFeatures
+from ..models.features import ClipFeatures
+from .base import AnomalyEstimate
 from ..models.clip import ClipEncoder
 
 # WinCLIP's state words (APRIL-GAN uses the same lists)
@@ -104,8 +105,6 @@ class ClipZeroShotLocalizer:
 
     The pipeline must encode frames with `self.encoder` (vv token path).
     """
-
-    uses_clip = True
 
     def __init__(self, encoder: ClipEncoder, cfg: LocalizerConfig, object_name: str = "object", *,
                  templates: Sequence[str] = TEMPLATES, score_map_weight: float = 0.5):

@@ -34,10 +34,11 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..config import LocalizerConfig
-from ..models.features import AnomalyEstimate, ClipFeatures, SamEmbedding
+from ..models.features import ClipFeatures, SamEmbedding
+from ..imaging.files import IMAGE_SUFFIXES
+from .base import AnomalyEstimate
 from ..errors import ClipsamError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _QUANTILE = 0.995
 
 
@@ -113,13 +114,6 @@ def list_images(folder: str | Path) -> list[Path]:
     return images
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise BankError(f"cannot read image {path}; remove it from localizer.reference_dir")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 def build_bank(images: Sequence[np.ndarray], encode: Callable[[np.ndarray], SamEmbedding],
                sam_variant: str, spatial_radius: int, max_patches: int,
                progress: bool = True) -> MemoryBank:
@@ -174,7 +168,7 @@ def load_bank(path: str | Path, sam_variant: str, spatial_radius: int) -> Memory
 class ReferenceLocalizer:
     """kNN distance of the frame's SAM cells to a bank of normal cells."""
 
-    uses_clip = False
+    encoder = None       # the frame's SAM embedding is all it needs
 
     def __init__(self, bank: MemoryBank, cfg: LocalizerConfig):
         self.bank = bank

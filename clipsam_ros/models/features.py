@@ -1,7 +1,8 @@
-"""What the encoders produce for one frame, and what a localizer returns.
+"""What the encoders produce for one frame.
 
-These are the only things that flow between the encoders, the localizers and
-the refiners, so every stage after the encoders works on cached tensors.
+These (and the localizer's `AnomalyEstimate`) are the only things that flow between
+the encoders, the localizers and the refiners, so every stage after the encoders
+works on cached tensors.
 """
 from __future__ import annotations
 
@@ -39,9 +40,3 @@ class ClipFeatures:
     patch_tokens: list[torch.Tensor]  # one (Hp*Wp, D) per selected layer
     grid: tuple[int, int]             # (Hp, Wp)
     image_embedding: torch.Tensor     # (D,) class token, projected
-
-
-@dataclass
-class AnomalyEstimate:
-    anomaly_map: np.ndarray           # float32 (H, W) in 0..1, frame resolution
-    image_score: float                # 0..1

@@ -28,8 +28,6 @@ M2, so a stage-2 mask that collapsed cannot shrink the box below the region.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 
@@ -37,34 +35,9 @@ from ..config import RefinerConfig
 from ..models.features import SamEmbedding
 from ..models.sam import SamModel
 from ..timing import Stopwatch
-from .ppg import PromptSet, batch_points, extreme_regions, generate_prompts, mask_box
-
-
-@dataclass
-class Refinement:
-    """A refiner's answer for one frame."""
-
-    mask: np.ndarray                      # (H, W) bool, the final defect mask
-    pixel_scores: np.ndarray              # (H, W) float32 in 0..1
-    prompts: list[PromptSet] = field(default_factory=list)
-    # union mask after each stage that ran, e.g. {"points": .., "logits": .., "box": ..}
-    stage_masks: dict[str, np.ndarray] = field(default_factory=dict)
-    boxes: np.ndarray | None = None       # (B, 4) the stage-3 boxes, when stage 3 ran
-
-
-# the fused score above which a pixel is a defect: with fuse_weight 0 this is SAM's own L > 0
-MASK_LEVEL = 0.5
-
-
-def fuse_scores(anomaly_map: np.ndarray, logits: np.ndarray | None, weight: float) -> np.ndarray:
-    """w · S_a + (1 − w) · σ(L); σ(L) = 0 where there is no SAM mask."""
-    sam_prob = np.zeros_like(anomaly_map) if logits is None else 1.0 / (1.0 + np.exp(-np.clip(logits, -50.0, 50.0)))
-    return (weight * anomaly_map + (1.0 - weight) * sam_prob).astype(np.float32)
-
-
-def threshold_only(anomaly_map: np.ndarray, cfg: RefinerConfig) -> Refinement:
-    """The baseline (`refiner.method: none`): S_a > θ is the mask, S_a the score."""
-    return Refinement(mask=anomaly_map > cfg.threshold, pixel_scores=anomaly_map.astype(np.float32))
+from .base import MASK_LEVEL, Refinement
+from .fuse import fuse_scores
+from .ppg import PromptSet, batch_points, extreme_regions, generate_prompts, grown_boxes, mask_box
 
 
 def _best_of(output_logits: torch.Tensor, low_res: torch.Tensor, iou: torch.Tensor):
@@ -83,10 +56,7 @@ def _boxes_of(masks: torch.Tensor, prompts: list[PromptSet], cfg: RefinerConfig,
         if cfg.box_covers_region:
             mask = mask | prompt.region
         boxes.append(mask_box(mask) if mask.any() else prompt.region_box)
-    margin = cfg.box_margin_px
-    grown = np.stack(boxes).astype(np.float32) + np.array([-margin, -margin, margin, margin], np.float32)
-    h, w = size
-    return np.clip(grown, 0, [w - 1, h - 1, w - 1, h - 1]).astype(np.float32)
+    return grown_boxes(np.stack(boxes), cfg.box_margin_px, size)
 
 
 def _confined(logits: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:

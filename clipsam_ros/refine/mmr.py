@@ -37,8 +37,8 @@ from ..config import RefinerConfig
 from ..models.features import SamEmbedding
 from ..models.sam import SamModel
 from ..timing import Stopwatch
-from .cps import MASK_LEVEL, Refinement
-from .ppg import PromptSet, batch_points, extreme_regions, mask_box, ring_mask, spaced_extremes
+from .base import MASK_LEVEL, Refinement
+from .ppg import PromptSet, batch_points, extreme_regions, grown_boxes, mask_box, ring_mask, spaced_extremes
 
 LEVELS = ("level1", "level2", "level3")
 
@@ -58,9 +58,7 @@ def mmr_prompts(anomaly_map: np.ndarray, cfg: RefinerConfig) -> list[PromptSet]:
 
 def region_boxes(prompts: list[PromptSet], margin: float, size: tuple[int, int]) -> np.ndarray:
     """(B, 4) box of each region grown by `margin` pixels, inside the frame."""
-    h, w = size
-    boxes = np.stack([mask_box(p.region) for p in prompts]) + np.array([-margin, -margin, margin, margin])
-    return np.clip(boxes, 0, [w - 1, h - 1, w - 1, h - 1]).astype(np.float32)
+    return grown_boxes(np.stack([mask_box(p.region) for p in prompts]), margin, size)
 
 
 def level_weights(weights: list[float], iou_scores: torch.Tensor, use_iou: bool) -> torch.Tensor:

@@ -54,6 +54,13 @@ def mask_box(mask: np.ndarray) -> np.ndarray:
     return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float32)
 
 
+def grown_boxes(boxes: np.ndarray, margin: float, size: tuple[int, int]) -> np.ndarray:
+    """(B, 4) boxes grown by `margin` pixels on every side, kept inside the (h, w) frame."""
+    h, w = size
+    grown = np.asarray(boxes, np.float32) + np.array([-margin, -margin, margin, margin], np.float32)
+    return np.clip(grown, 0, [w - 1, h - 1, w - 1, h - 1]).astype(np.float32)
+
+
 def extreme_regions(anomaly_map: np.ndarray, threshold: float, min_region_px: int) -> list[np.ndarray]:
     """Connected components of S_a > θ, largest first, small ones dropped."""
     above = (anomaly_map > threshold).astype(np.uint8)

@@ -15,19 +15,13 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from ..decision import Verdict
+from ..timing import percentile
 
 VERDICTS = tuple(v.value for v in Verdict)
 # why a frame got an "error" verdict
 ERROR_KINDS = ("overflow", "decode", "inference", "publish", "shutdown")
 STAGES = ("decode", "inference", "publish")
-
-
-def percentile(values, q: float) -> float:
-    """The q-th percentile (0..100) of `values`, NaN when there are none."""
-    return float(np.percentile(np.fromiter(values, float), q)) if len(values) else float("nan")
 
 
 @dataclass

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data.datasets import Sample, load_dataset, read_mask, read_rgb
+from ..data.datasets import Sample, load_dataset, read_mask
+from ..imaging.files import read_rgb
 from ..models.clip import ClipEncoder
 
 

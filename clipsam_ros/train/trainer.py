@@ -4,7 +4,7 @@
 (APRIL-GAN, which ClipSAM follows):
 
 * data: the test split of one dataset (`train_data`), evaluated on another;
-* CLIP frozen (built exactly as the localizer builds it, `factory.build_heads_clip`);
+* CLIP frozen (built exactly as the localizer builds it, `localize.build_heads_clip`);
   its tokens are computed once per image and cached in memory (`train_data.TokenSource`);
 * text: the zero-shot prompt ensemble for "object", as at inference;
 * per layer, the normal/abnormal probability grid is upsampled bilinearly to
@@ -212,7 +212,7 @@ def train(cfg: Config, samples: list, out: str | Path, *, resume: str | Path | N
     `templates` let tests reuse one CLIP, its tokens and a short prompt list;
     the CLI uses the defaults.
     """
-    from ..localize.factory import build_heads_clip
+    from ..localize import build_heads_clip
     from ..inspector import resolve_device
 
     method = cfg.localizer.method

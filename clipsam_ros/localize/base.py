@@ -1,0 +1,34 @@
+"""What every localizer is: the Protocol, and what it returns.
+
+A localizer says *where* a frame looks anomalous, from the frame's cached encoder
+outputs: the CLIP features (only when it names a CLIP `encoder`) and the SAM
+embedding. It never runs an image encoder itself, so the Inspector can count the
+encoder passes and run them once per frame (overlapped on CUDA streams).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:  # torch and open_clip load with the models, not with this contract
+    from ..models.clip import ClipEncoder
+    from ..models.features import ClipFeatures, SamEmbedding
+
+
+@dataclass
+class AnomalyEstimate:
+    anomaly_map: np.ndarray           # float32 (H, W) in 0..1, frame resolution
+    image_score: float                # 0..1
+
+
+class Localizer(Protocol):
+    # the CLIP image encoder the Inspector must run on each frame for it; None: it needs
+    # nothing but the frame's SAM embedding (no extra encoder pass)
+    encoder: ClipEncoder | None
+
+    def __call__(self, clip: ClipFeatures | None, sam: SamEmbedding,
+                 image_size: tuple[int, int]) -> AnomalyEstimate:
+        """The anomaly map S_a at frame resolution `image_size` (h, w), and an image score."""
+        ...
