@@ -17,7 +17,6 @@ import numpy as np
 from .config import DecisionConfig
 
 
-
 class Verdict(str, Enum):
     """What a frame ends in. A str, so it compares, prints and serialises as "pass" etc."""
 

@@ -37,20 +37,20 @@ def test_latest_queue_replaces_the_waiting_frame_and_hands_it_back():
     assert q.offer(frame(1)).accepted
     offer = q.offer(frame(2))
     assert offer.accepted and offer.dropped.seq == 1
-    assert q.get(timeout=0).seq == 2 and q.get(timeout=0) is None
+    assert [f.seq for f in q.get_batch(0.0, timeout=0)] == [2] and q.get_batch(0.0, timeout=0) is None
 
 
 def test_all_queue_refuses_what_does_not_fit_and_keeps_order():
     q = FrameQueue("all", size=2)
     assert [q.offer(frame(i)).accepted for i in (1, 2, 3)] == [True, True, False]
     assert q.offer(frame(4)).dropped is None
-    assert [q.get(timeout=0).seq for _ in range(2)] == [1, 2]
+    assert [q.get_batch(0.0, timeout=0)[0].seq for _ in range(2)] == [1, 2]
 
 
 def test_closing_wakes_the_consumer_and_returns_what_waited():
     q = FrameQueue("all", size=4)
     got = []
-    consumer = threading.Thread(target=lambda: got.append(q.get()))
+    consumer = threading.Thread(target=lambda: got.extend(q.get_batch(0.0)))
     consumer.start()
     time.sleep(0.05)
     q.offer(frame(1))
@@ -58,7 +58,7 @@ def test_closing_wakes_the_consumer_and_returns_what_waited():
     assert got[0].seq == 1
     q.offer(frame(2))
     assert [f.seq for f in q.close()] == [2]
-    assert q.get() is None and not q.offer(frame(3)).accepted
+    assert q.get_batch(0.0) is None and not q.offer(frame(3)).accepted
 
 
 def test_each_camera_has_its_own_latest_line():
@@ -91,8 +91,7 @@ def test_closing_a_multi_camera_queue_returns_every_waiting_frame_in_arrival_ord
     q = FrameQueue("all", size=4, cameras=3)
     for seq, camera in ((1, 2), (2, 0), (3, 2), (4, 1)):
         q.offer(frame(seq, camera))
-    assert q.get(timeout=0).seq == 1              # get() takes the oldest of any camera
-    assert [f.seq for f in q.close()] == [2, 3, 4]
+    assert [f.seq for f in q.close()] == [1, 2, 3, 4]
     assert q.get_batch(1.0) is None
 
 

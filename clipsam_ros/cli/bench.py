@@ -8,7 +8,7 @@ import sys
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from ..eval.bench import print_report, run_bench
-    from .main import load_config
+    from .common import load_config
 
     cfg = load_config(args, "offline.yaml")
     width, height = (int(v) for v in args.size.lower().split("x"))
@@ -23,7 +23,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from .main import add_config_args
+    from .common import add_config_args
 
     p = sub.add_parser("bench", help="per-stage latency, frames/s and memory on synthetic frames")
     add_config_args(p)

@@ -10,12 +10,12 @@ import argparse
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .main import load_config
-    from ..models.sam import build_sam
-    from ..inspector import resolve_device
     from ..data.datasets import load_dataset
     from ..eval.report import COLUMNS, write_report
     from ..eval.runner import Evaluator
+    from ..inspector import resolve_device
+    from ..models.sam import build_sam
+    from .common import load_config
 
     cfg = load_config(args, "inspect.yaml")
     if args.size < 0 or args.shots < 0:
@@ -34,9 +34,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from .main import add_config_args
     from ..data.datasets import LAYOUTS
     from ..eval.variants import ABLATIONS
+    from .common import add_config_args
 
     p = subparsers.add_parser("eval", help="pixel/image metrics on MVTec-AD, VisA or synth data, with the "
                                            "papers' ablations; writes report.json/.md, curves, overlays")

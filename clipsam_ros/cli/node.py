@@ -5,7 +5,7 @@ import argparse
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    from .main import load_config
+    from .common import load_config
 
     cfg = load_config(args, "inspect.yaml")   # validated before rclpy or torch load
 
@@ -17,7 +17,7 @@ def cmd_node(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from .main import add_config_args
+    from .common import add_config_args
 
     p = subparsers.add_parser(
         "node", help="run the ROS 2 node clipsam_inspector (stops cleanly on Ctrl-C / SIGTERM)",

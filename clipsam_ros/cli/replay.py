@@ -10,8 +10,8 @@ from pathlib import Path
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .main import load_config
     from ..bags.replay import run_replay
+    from .common import load_config
 
     cfg = load_config(args, "inspect.yaml")
     report_dir = Path(args.report) if args.report else Path(f"{Path(args.out)}_report")
@@ -30,7 +30,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from .main import add_config_args
+    from .common import add_config_args
 
     p = subparsers.add_parser("replay", help="inspect every frame of a rosbag2 (no ROS needed); writes an "
                                              "output bag with the node's topics and a report")

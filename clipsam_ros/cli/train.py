@@ -13,10 +13,10 @@ import argparse
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .main import load_config
     from ..config import set_value
     from ..train.data import training_samples
     from ..train.trainer import train
+    from .common import load_config
 
     cfg = load_config(args, "inspect.yaml")
     if args.device:
@@ -32,8 +32,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from .main import add_config_args
-    from ..data.datasets import LAYOUTS      # light (numpy, cv2), and `eval` imports it anyway
+    from ..data.datasets import LAYOUTS  # light (numpy, cv2), and `eval` imports it anyway
+    from .common import add_config_args
 
     p = subparsers.add_parser("train", help="train clip_adapter / umci heads (localizer.method) on a frozen CLIP")
     add_config_args(p)

@@ -22,6 +22,7 @@ from typing import Sequence
 
 import cv2
 import numpy as np
+
 from ..errors import ClipsamError
 from ..imaging.files import IMAGE_SUFFIXES
 

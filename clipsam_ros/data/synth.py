@@ -41,11 +41,10 @@ Layout written by ``generate_dataset``::
     out_dir/<class>/test/<defect>/000.png ...
     out_dir/<class>/ground_truth/<defect>/000_mask.png   (mono, 0/255)
 
-CLI: ``python -m clipsam_ros.data.synth OUT_DIR --n 8 --seed 0``.
+CLI: ``clipsam-ros synth --out OUT_DIR --n 8 --seed 0``.
 """
 from __future__ import annotations
 
-import argparse
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -477,19 +476,3 @@ def generate_dataset(out_dir: str | Path, n: int = 8, seed: int = 0,
         if defect is not None:
             _write_png(root / cls / "ground_truth" / defect / f"{i:03d}_mask.png", mask)
     return DatasetSummary(root, classes, (int(size[0]), int(size[1])), counts)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Write the synthetic MVTec-style dataset.")
-    p.add_argument("out_dir", type=Path)
-    p.add_argument("--n", type=int, default=8, help="images per split folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, nargs=2, default=(640, 480), metavar=("W", "H"))
-    p.add_argument("--classes", nargs="*", default=None, choices=list(PRODUCTS))
-    a = p.parse_args(argv)
-    summary = generate_dataset(a.out_dir, a.n, a.seed, tuple(a.size), a.classes)
-    print(f"wrote {summary.n_images} images for {', '.join(summary.classes)} to {summary.root}")
-
-
-if __name__ == "__main__":
-    main()

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from ..config import Config, flatten
-from ..models.sam import DecoderOutput, SamModel
 from ..data.synth import make_sample, sample_seed
 from ..decision import Verdict
+from ..models.sam import DecoderOutput, SamModel
 from ..timing import percentile
 
 # `encoders`: the wall time of CLIP and SAM overlapped on CUDA streams (then less than their sum)
@@ -54,9 +54,8 @@ class PerCallPredictorSam:
         outs = []
         for b in range(rows):
             fresh = self.sam.encode(self._image)                 # set_image, again
-            pick = (lambda a: None if a is None else a[b:b + 1])
-            outs.append(self.sam.decode(fresh, pick(points), pick(labels), pick(boxes), pick(mask_input),
-                                        multimask))
+            one = [None if a is None else a[b:b + 1] for a in (points, labels, boxes, mask_input)]
+            outs.append(self.sam.decode(fresh, *one, multimask))
         return DecoderOutput(logits=torch.cat([o.logits for o in outs]),
                              low_res_logits=torch.cat([o.low_res_logits for o in outs]),
                              iou_scores=torch.cat([o.iou_scores for o in outs]))
@@ -141,7 +140,8 @@ def run_bench(cfg: Config, frames: int = 20, warmup: int = 2, batch: int = 1, na
         "encoder_calls_per_frame": {k: round(v / frames, 2) for k, v in calls.items()},
         "peak_host_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_device_mb": round(peak_device, 1),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"cpu ({torch.get_num_threads()} threads)"),
         "torch": torch.__version__,
         "config": {k: v for k, v in flatten(cfg).items()
                    if k.split(".")[0] in ("device", "precision", "compile", "runtime", "clip", "sam", "localizer",

@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 
 from ..config import Config, to_dict
-from .metrics import METRIC_KEYS
 from ..imaging.files import read_rgb
+from .metrics import METRIC_KEYS
 from .runner import ClassResult, EvalResult, WorstImage
 from .variants import PIPELINE
 

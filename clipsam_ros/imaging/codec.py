@@ -35,6 +35,7 @@ import operator
 
 import cv2
 import numpy as np
+
 from ..errors import ClipsamError
 
 MAX_PIXELS = 100_000_000  # default frame size limit (100 megapixels)

@@ -25,11 +25,11 @@ import torch
 from torch import nn
 
 from ..config import LocalizerConfig
+from ..errors import ClipsamError, one_line
+from ..models.clip import ClipEncoder
 from ..models.features import ClipFeatures
 from .base import AnomalyEstimate
-from ..models.clip import ClipEncoder
 from .clip_zero_shot import TEMPLATES, abnormal_probability, blend_score, finish_map, state_text_embeddings
-from ..errors import ClipsamError, one_line
 
 ADAPTER_FORMAT = "clipsam_ros.clip_adapter/1"
 META_KEYS = ("clip_model", "image_size", "layers", "width", "embed_dim")

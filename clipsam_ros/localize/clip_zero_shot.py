@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from ..config import LocalizerConfig
+from ..models.clip import ClipEncoder
 from ..models.features import ClipFeatures
 from .base import AnomalyEstimate
-from ..models.clip import ClipEncoder
 
 # WinCLIP's state words (APRIL-GAN uses the same lists)
 NORMAL_STATES: tuple[str, ...] = (

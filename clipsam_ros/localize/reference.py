@@ -34,10 +34,10 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..config import LocalizerConfig
-from ..models.features import ClipFeatures, SamEmbedding
-from ..imaging.files import IMAGE_SUFFIXES
-from .base import AnomalyEstimate
 from ..errors import ClipsamError
+from ..imaging.files import IMAGE_SUFFIXES
+from ..models.features import ClipFeatures, SamEmbedding
+from .base import AnomalyEstimate
 
 _QUANTILE = 0.995
 

@@ -59,10 +59,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.clip import ClipEncoder
-from .clip_adapter import (ADAPTER_FORMAT, META_KEYS, AdapterMismatchError, ClipAdapterLocalizer, _differences,
-                           adapter_meta, meta_strings, read_checkpoint, write_checkpoint)
 from ..errors import one_line
+from ..models.clip import ClipEncoder
+from .clip_adapter import (
+    ADAPTER_FORMAT,
+    META_KEYS,
+    AdapterMismatchError,
+    ClipAdapterLocalizer,
+    _differences,
+    adapter_meta,
+    meta_strings,
+    read_checkpoint,
+    write_checkpoint,
+)
 
 UMCI_FORMAT = "clipsam_ros.umci/1"
 FORMATS = {ADAPTER_FORMAT: "clip_adapter", UMCI_FORMAT: "umci"}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from contextlib import nullcontext
 from dataclasses import dataclass, fields, is_dataclass
 from functools import lru_cache
 from typing import Any, Callable, Iterator
@@ -47,6 +48,20 @@ class AccelSettings:
         return cls(sdpa=rt.sdpa, channels_last=rt.channels_last,
                    pinned_memory=rt.pinned_memory and cuda, compile=cfg.compile,
                    cuda_streams=rt.cuda_streams and cuda)
+
+
+# ---------------------------------------------------------------- reduced precision
+
+_AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def encoder_autocast(precision: str, device: torch.device):
+    """The context an image encoder runs in: autocast to `precision` (fp16 | bf16) on a GPU,
+    where it is fast and safe; plain fp32 everywhere else (fp32, or the CPU)."""
+    dtype = _AUTOCAST_DTYPES.get(precision)
+    if dtype is None or torch.device(device).type != "cuda":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=dtype)
 
 
 # ---------------------------------------------------------------- attention via SDPA

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -54,9 +54,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ClipConfig
-from .features import ClipFeatures
-from .accel import AccelSettings, HostStager, channels_last_input, maybe_compile, to_channels_last
 from ..errors import ClipsamError, one_line
+from .accel import AccelSettings, HostStager, channels_last_input, encoder_autocast, maybe_compile, to_channels_last
+from .features import ClipFeatures
 
 TOKEN_PATHS = ("vv", "residual")
 
@@ -242,7 +242,6 @@ class ClipEncoder:
         self.calls = 0           # image-encoder forward passes (a batch is one pass)
         self.images_encoded = 0  # frames through the image encoder
         self.text_calls = 0      # encode_text calls
-        self._autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
         self.accel = accel
         if accel.channels_last:
             to_channels_last(self.visual)      # the patch-embedding convolution
@@ -269,10 +268,6 @@ class ClipEncoder:
         return int(self.visual.proj.shape[-1])
 
     @property
-    def token_dim(self) -> int:
-        return self.embed_dim if self.token_path == "vv" else self.width
-
-    @property
     def encoder_calls(self) -> int:
         """Alias of `calls`, named like `SamModel.encoder_calls`."""
         return self.calls
@@ -284,11 +279,6 @@ class ClipEncoder:
                            device=self.device, precision=self.precision, token_path=token_path,
                            vv_start=self.vv_start, accel=self.accel)
 
-    def _autocast(self):
-        if self._autocast_dtype is None or self.device.type != "cuda":
-            return nullcontext()
-        return torch.autocast("cuda", dtype=self._autocast_dtype)
-
     # ------------------------------------------------------------------ text
     @torch.no_grad()
     def encode_text(self, texts: list[str], batch_size: int = 128) -> torch.Tensor:
@@ -297,7 +287,7 @@ class ClipEncoder:
         out = []
         for i in range(0, len(texts), batch_size):
             tokens = self.tokenizer(list(texts[i:i + batch_size])).to(self.device)
-            with self._autocast():
+            with encoder_autocast(self.precision, self.device):
                 emb = _encode_text_trimmed(self.model, tokens)
             out.append(F.normalize(emb.float(), dim=-1))
         return torch.cat(out, dim=0)
@@ -328,7 +318,7 @@ class ClipEncoder:
         if len(images) == 0:
             return []
         pixels = channels_last_input(self.preprocess(images), self.accel.channels_last)
-        with self._autocast():
+        with encoder_autocast(self.precision, self.device):
             tokens, pooled = self._compiled_forward(pixels)
         self.calls += 1
         self.images_encoded += len(images)

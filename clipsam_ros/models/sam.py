@@ -14,7 +14,6 @@ pixel_std 255).
 from __future__ import annotations
 
 import warnings
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +23,17 @@ from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTra
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from ..config import Config
+from .accel import (
+    AccelSettings,
+    HostStager,
+    channels_last_input,
+    encoder_autocast,
+    maybe_compile,
+    to_channels_last,
+    use_sdpa,
+)
 from .features import SamEmbedding
-from .accel import AccelSettings, HostStager, channels_last_input, maybe_compile, to_channels_last, use_sdpa
 from .weights import SAM_URLS, WeightError, resolve_weight
-
-# 0 = background point, 1 = foreground point, -1 = padding ("not a point")
-PAD_LABEL = -1
 
 
 @dataclass
@@ -115,7 +119,7 @@ class SamModel:
         self.transform = ResizeLongestSide(self.img_size)
         self.encoder_calls = 0       # image-encoder forward passes
         self.images_encoded = 0      # frames through the encoder (a batched pass counts each)
-        self._autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+        self.precision = precision
         self.accel = accel
         if accel.sdpa:
             use_sdpa(sam.image_encoder)
@@ -127,12 +131,6 @@ class SamModel:
         self._stager = HostStager(device, accel.pinned_memory)
         # compiled separately from `sam`, so its module tree and state dict keep their names
         self._image_encoder = maybe_compile(sam.image_encoder, accel.compile)
-
-    def _autocast(self):
-        # reduced precision only where it is fast and safe: the image encoder on a GPU
-        if self._autocast_dtype is None or self.device.type != "cuda":
-            return nullcontext()
-        return torch.autocast("cuda", dtype=self._autocast_dtype)
 
     def _prepare(self, image_rgb: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """Resize the long side to img_size, normalise, pad to the square: (1, 3, S, S)."""
@@ -151,7 +149,7 @@ class SamModel:
         since every frame is padded to the same square."""
         prepared = [self._prepare(image) for image in images_rgb]
         pixels = channels_last_input(torch.cat([x for x, _ in prepared]), self.accel.channels_last)
-        with self._autocast():
+        with encoder_autocast(self.precision, self.device):
             features = self._image_encoder(pixels)
         self.encoder_calls += 1
         self.images_encoded += len(images_rgb)

@@ -26,6 +26,7 @@ import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
+
 from ..errors import ClipsamError
 
 log = logging.getLogger(__name__)

@@ -66,13 +66,6 @@ class FrameQueue:
             self._cond.notify()
             return Offer(accepted=True, dropped=dropped)
 
-    def get(self, timeout: float | None = None) -> Frame | None:
-        """The oldest waiting frame of any camera; None when closed, or when `timeout` seconds pass."""
-        with self._cond:
-            if not self._wait_any(timeout):
-                return None
-            return min((line for line in self._lines if line), key=lambda line: line[0].seq).popleft()
-
     def get_batch(self, window_s: float, timeout: float | None = None) -> list[Frame] | None:
         """The oldest waiting frame of each camera that has one, in camera order.
 

@@ -33,8 +33,14 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import Config, ConfigError
-from ..localize.clip_adapter import (adapter_meta, head_probabilities, load_adapter, make_heads, save_adapter,
-                                    write_checkpoint)
+from ..localize.clip_adapter import (
+    adapter_meta,
+    head_probabilities,
+    load_adapter,
+    make_heads,
+    save_adapter,
+    write_checkpoint,
+)
 from ..localize.clip_zero_shot import TEMPLATES, state_text_embeddings
 from ..localize.umci import UmciHeads, checkpoint_method, load_umci, make_umci, save_umci, umci_meta
 from ..models.clip import ClipEncoder
@@ -212,8 +218,8 @@ def train(cfg: Config, samples: list, out: str | Path, *, resume: str | Path | N
     `templates` let tests reuse one CLIP, its tokens and a short prompt list;
     the CLI uses the defaults.
     """
-    from ..localize import build_heads_clip
     from ..inspector import resolve_device
+    from ..localize import build_heads_clip
 
     method = cfg.localizer.method
     if method not in HEAD_METHODS:
