@@ -36,7 +36,7 @@ setup(
             "ros-jazzy-diagnostic-msgs", "ros-jazzy-geometry-msgs", "ros-jazzy-builtin-interfaces",
         ],
         "eval": ["rosbags>=0.10", "rosbags-image", "mcap-ros2-support", "scikit-learn", "matplotlib"],
-        "test": ["pytest>=7", "hypothesis>=6", "ruff>=0.6"],
+        "test": ["pytest>=7", "hypothesis>=6", "ruff>=0.6", "mypy>=1.10"],
     },
     zip_safe=True,
     maintainer="clipsam_ros maintainers",

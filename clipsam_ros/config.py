@@ -20,6 +20,7 @@ table and the node's ROS 2 parameter descriptors are all made from it.
 """
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import functools
 import re
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import yaml
+
 from .errors import ClipsamError
 
 NODE_NAME = "clipsam_inspector"
@@ -51,8 +53,8 @@ class Check:
 class KeySpec:
     """Everything declared about one config key."""
     name: str                          # dotted, e.g. "refiner.threshold"
-    type: type                         # bool, int, float, str or list
-    item_type: type | None             # what a list holds (int, float or str); None for single values
+    type: builtins.type                # bool, int, float, str or list
+    item_type: builtins.type | None    # what a list holds (int, float or str); None for single values
     default: Any
     help: str
     choices: tuple[str, ...] | None
@@ -300,7 +302,7 @@ def _declared() -> dict[str, KeySpec]:
         hints = typing.get_type_hints(cls)      # resolves the string annotations of `from __future__`
         for f in dataclasses.fields(cls):
             name, hint = prefix + f.name, hints[f.name]
-            if dataclasses.is_dataclass(hint):
+            if isinstance(hint, type) and dataclasses.is_dataclass(hint):
                 walk(hint, name + ".")
                 continue
             if "help" not in f.metadata:
@@ -309,7 +311,7 @@ def _declared() -> dict[str, KeySpec]:
             if kind not in _SCALARS + (list,) or (kind is list and item not in _LIST_ITEMS):
                 raise TypeError(f"config field {name}: {hint} is not bool, int, float, str or a list of int, "
                                 f"float or str")
-            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             meta = f.metadata
             out[name] = KeySpec(name=name, type=kind, item_type=item, default=default, help=meta["help"],
                                 choices=meta["choices"], range=meta["range"], reload=meta["reload"],
@@ -409,7 +411,7 @@ def _coerce(s: KeySpec, raw: Any) -> Any:
             return float(raw)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}={raw!r} is not a number") from None
-    if s.type is list:
+    if s.type is list and s.item_type is not None:
         return _coerce_list(key, raw, s.item_type)
     if raw is None:
         return ""

@@ -87,6 +87,13 @@ def check_frame(image_rgb) -> None:
         raise ValueError(f"expected an RGB uint8 HxWx3 frame, got {got}")
 
 
+def _every(results: list[InspectionResult | None]) -> list[InspectionResult]:
+    """The batch's results, one per frame in order: a gap would misplace a camera's verdict."""
+    if any(r is None for r in results):
+        raise RuntimeError("a frame of the batch has no result")
+    return [r for r in results if r is not None]
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA device is available (set device: auto or cpu)")
@@ -228,7 +235,7 @@ class Inspector:
             except ValueError as exc:
                 results[i] = self._failed(image, exc, self._stopwatch(), {"sam": 0, "clip": 0})
         if not good:
-            return results
+            return _every(results)
         batch = self._stopwatch()
         frames = [images_rgb[i] for i in good]
         try:
@@ -240,7 +247,7 @@ class Inspector:
         except Exception as exc:
             for i in good:
                 results[i] = self._failed(images_rgb[i], exc, batch, {"sam": 0, "clip": 0})
-            return results
+            return _every(results)
         shared = {stage: ms / len(frames) for stage, ms in batch.ms.items()}
         # overlapped encoders: the frame waited their wall time, not the sum of both
         shared_wall = shared.get("encoders", sum(shared.values()))
@@ -258,7 +265,7 @@ class Inspector:
             result.timings_ms, result.encoder_calls = dict(watch.ms), dict(calls)
             self.frames += 1
             results[i] = result
-        return results
+        return _every(results)
 
     def _encode(self, clip_fn: Callable[[], Any] | None, sam_fn: Callable[[], Any],
                 watch: Stopwatch) -> tuple[Any, Any]:

@@ -24,11 +24,20 @@ class AnomalyEstimate:
 
 
 class Localizer(Protocol):
-    # the CLIP image encoder the Inspector must run on each frame for it; None: it needs
-    # nothing but the frame's SAM embedding (no extra encoder pass)
-    encoder: ClipEncoder | None
+    @property
+    def encoder(self) -> ClipEncoder | None:
+        """The CLIP image encoder the Inspector must run on each frame for it; None: it needs
+        nothing but the frame's SAM embedding (no extra encoder pass)."""
+        ...
 
     def __call__(self, clip: ClipFeatures | None, sam: SamEmbedding,
                  image_size: tuple[int, int]) -> AnomalyEstimate:
         """The anomaly map S_a at frame resolution `image_size` (h, w), and an image score."""
         ...
+
+
+def clip_features(clip: ClipFeatures | None) -> ClipFeatures:
+    """The CLIP features a CLIP localizer was given; its own encoder must have made them."""
+    if clip is None:
+        raise ValueError("a CLIP localizer got no CLIP features: encode the frame with its `encoder` first")
+    return clip

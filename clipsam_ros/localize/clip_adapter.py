@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, cast
 
 import torch
 from torch import nn
@@ -28,7 +28,7 @@ from ..config import LocalizerConfig
 from ..errors import ClipsamError, one_line
 from ..models.clip import ClipEncoder
 from ..models.features import ClipFeatures
-from .base import AnomalyEstimate
+from .base import AnomalyEstimate, clip_features
 from .clip_zero_shot import TEMPLATES, abnormal_probability, blend_score, finish_map, state_text_embeddings
 
 ADAPTER_FORMAT = "clipsam_ros.clip_adapter/1"
@@ -111,7 +111,7 @@ def save_adapter(path: str | Path, heads: nn.ModuleList, meta: Mapping[str, obje
     strings["format"] = ADAPTER_FORMAT
     strings["num_heads"] = str(len(heads))
     tensors: dict[str, torch.Tensor] = {}
-    for i, head in enumerate(heads):
+    for i, head in enumerate(cast(Sequence[nn.Linear], heads)):
         tensors[f"heads.{i}.weight"] = head.weight.detach().float().cpu().contiguous()
         if head.bias is not None:
             tensors[f"heads.{i}.bias"] = head.bias.detach().float().cpu().contiguous()
@@ -165,7 +165,7 @@ def head_probabilities(heads: nn.ModuleList, patch_tokens: Sequence[torch.Tensor
     if len(heads) != len(patch_tokens):
         raise ValueError(f"{len(heads)} heads for {len(patch_tokens)} layers of tokens")
     probs = []
-    for head, tokens in zip(heads, patch_tokens):
+    for head, tokens in zip(cast(Sequence[nn.Linear], heads), patch_tokens):
         if tokens.shape[-1] != head.in_features:
             raise ValueError(f"adapter heads take {head.in_features}-dim residual tokens, got {tokens.shape[-1]} "
                              f"(encode frames with the adapter's encoder, token_path='residual')")
@@ -222,7 +222,8 @@ class ClipAdapterLocalizer:
         return probs[..., 1].mean(dim=0).reshape(clip.grid)
 
     @torch.no_grad()
-    def __call__(self, clip: ClipFeatures, sam, image_size: tuple[int, int]) -> AnomalyEstimate:
+    def __call__(self, clip: ClipFeatures | None, sam, image_size: tuple[int, int]) -> AnomalyEstimate:
+        clip = clip_features(clip)
         anomaly_map = finish_map(self.grid_map(clip), image_size, self.cfg.sigma)
         p_cls = abnormal_probability(clip.image_embedding.to(self.text.device), self.text, self.cfg.temperature)
         return AnomalyEstimate(anomaly_map=anomaly_map,

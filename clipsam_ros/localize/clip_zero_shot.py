@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from ..config import LocalizerConfig
 from ..models.clip import ClipEncoder
 from ..models.features import ClipFeatures
-from .base import AnomalyEstimate
+from .base import AnomalyEstimate, clip_features
 
 # WinCLIP's state words (APRIL-GAN uses the same lists)
 NORMAL_STATES: tuple[str, ...] = (
@@ -85,7 +85,7 @@ def finish_map(grid_prob: torch.Tensor, image_size: tuple[int, int], sigma: floa
     """(Hp, Wp) probabilities -> float32 (h, w) map in 0..1: bilinear upsample, Gaussian blur, clip."""
     h, w = int(image_size[0]), int(image_size[1])
     up = F.interpolate(grid_prob[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)
-    out = up[0, 0].cpu().numpy().astype(np.float32, copy=False)
+    out: np.ndarray = up[0, 0].cpu().numpy().astype(np.float32, copy=False)
     if sigma > 0:
         # ksize (0, 0): OpenCV picks the kernel from sigma (about 8 sigma wide for float32)
         out = cv2.GaussianBlur(out, (0, 0), sigmaX=float(sigma), sigmaY=float(sigma),
@@ -130,7 +130,8 @@ class ClipZeroShotLocalizer:
         return torch.stack(probs).mean(dim=0).reshape(clip.grid)
 
     @torch.no_grad()
-    def __call__(self, clip: ClipFeatures, sam, image_size: tuple[int, int]) -> AnomalyEstimate:
+    def __call__(self, clip: ClipFeatures | None, sam, image_size: tuple[int, int]) -> AnomalyEstimate:
+        clip = clip_features(clip)
         anomaly_map = finish_map(self.grid_map(clip), image_size, self.cfg.sigma)
         p_cls = abnormal_probability(clip.image_embedding.to(self.text.device), self.text,
                                      self.cfg.temperature)

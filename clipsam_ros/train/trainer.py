@@ -3,9 +3,9 @@
 `localizer.method` picks the heads (clip_adapter | umci). The recipe
 (APRIL-GAN, which ClipSAM follows):
 
-* data: the test split of one dataset (`train_data`), evaluated on another;
+* data: the test split of one dataset (`train.data`), evaluated on another;
 * CLIP frozen (built exactly as the localizer builds it, `localize.build_heads_clip`);
-  its tokens are computed once per image and cached in memory (`train_data.TokenSource`);
+  its tokens are computed once per image and cached in memory (`train.data.TokenSource`);
 * text: the zero-shot prompt ensemble for "object", as at inference;
 * per layer, the normal/abnormal probability grid is upsampled bilinearly to
   the CLIP input (S×S, as `finish_map` does at inference) and scored against
@@ -211,7 +211,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 def train(cfg: Config, samples: list, out: str | Path, *, resume: str | Path | None = None,
           encoder: ClipEncoder | None = None, tokens: TokenSource | None = None,
           templates: Sequence[str] = TEMPLATES, progress: bool = True) -> TrainResult:
-    """Train `cfg.localizer.method` heads on `samples` (`train_data.training_samples`); write `out`.
+    """Train `cfg.localizer.method` heads on `samples` (`train.data.training_samples`); write `out`.
 
     `encoder` (a frozen residual-path CLIP matching cfg.clip), `tokens` (the
     TokenSource of an earlier run on the same samples and encoder) and
