@@ -50,10 +50,11 @@ def build_inspector(tmp: Path):
 def measure(context, executor, inspector, size: tuple[int, int], frames: int) -> dict:
     import rclpy
     from sensor_msgs.msg import Image
-    from std_msgs.msg import Bool, Header, String
+    from std_msgs.msg import Header
 
     from clipsam_ros.inspector import Inspector
-    from clipsam_ros.ros.messages import image_msg
+    from clipsam_ros.outputs.builder import image_msg
+    from clipsam_ros.ros.messages import rclpy_message_types
     from clipsam_ros.ros.node import InspectorNode
     from clipsam_ros.ros.params import overrides_from_config
     from clipsam_ros.data.synth import make_sample
@@ -69,15 +70,15 @@ def measure(context, executor, inspector, size: tuple[int, int], frames: int) ->
         arrived[len(arrived)] = time.perf_counter()
         done.set()
 
-    for topic, kind in (("mask", Image), ("anomaly_map", Image), ("overlay", Image), ("verdict_json", String)):
-        client.create_subscription(kind, f"/{ns}/clipsam_inspector/{topic}", lambda m: None, 10)
-    client.create_subscription(Bool, f"/{ns}/clipsam_inspector/reject", on_reject, 10)
+    outputs = node.camera.publishers      # every output, so every one is built and published
+    for name, publisher in outputs.items():
+        client.create_subscription(publisher.msg_type, f"/{ns}/clipsam_inspector/{name}",
+                                   on_reject if name == "reject" else (lambda m: None), 10)
     pub = client.create_publisher(Image, f"/{ns}/image", 10)
     executor.add_node(node)
     executor.add_node(client)
-    outputs = node.camera.result_publishers
     deadline = time.monotonic() + 20
-    while not (pub.get_subscription_count() and all(p.get_subscription_count() for p in outputs)):
+    while not (pub.get_subscription_count() and all(p.get_subscription_count() for p in outputs.values())):
         if time.monotonic() > deadline:
             raise RuntimeError("publishers and subscriptions did not match on loopback")
         time.sleep(0.02)
@@ -87,7 +88,7 @@ def measure(context, executor, inspector, size: tuple[int, int], frames: int) ->
     for i, rgb in enumerate(samples):
         header = Header(frame_id="bench")
         header.stamp.sec = i + 1
-        msg = image_msg(Image, header, rgb, "rgb8")
+        msg = image_msg(rclpy_message_types(), header, rgb, "rgb8")
         done.clear()
         sent = time.perf_counter()
         pub.publish(msg)

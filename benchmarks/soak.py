@@ -81,7 +81,8 @@ def run_soak(inspector, policy: str, frames: int, rate_hz: float = 50.0, domain_
     from std_msgs.msg import Header, String
 
     from clipsam_ros.inspector import Inspector
-    from clipsam_ros.ros.messages import image_msg
+    from clipsam_ros.outputs.builder import image_msg
+    from clipsam_ros.ros.messages import rclpy_message_types
     from clipsam_ros.ros.node import InspectorNode
     from clipsam_ros.ros.params import overrides_from_config
     from clipsam_ros.data.synth import make_sample
@@ -126,7 +127,7 @@ def run_soak(inspector, policy: str, frames: int, rate_hz: float = 50.0, domain_
 
     parts = [make_sample("metal", kind, seed=seed, size=FRAME_SIZE)[0]
              for kind, seed in ((None, 1), ("stain", 5), (None, 2), ("scratch", 7))]
-    msgs = [image_msg(Image, Header(frame_id="soak"), p, "rgb8") for p in parts]
+    msgs = [image_msg(rclpy_message_types(), Header(frame_id="soak"), p, "rgb8") for p in parts]
     warmup = warmup_frames if warmup_frames is not None else max(frames // 10, 20)
     rss_start, rss_warm, rss_peak = rss_mb(), float("nan"), 0.0
     queue_peak = 0   # frames waiting, sampled at every send: bounded by the queue's capacity

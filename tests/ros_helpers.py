@@ -175,11 +175,10 @@ def header(sec: int, nanosec: int = 0, frame_id: str = "camera"):
 
 
 def image(rgb: np.ndarray, sec: int, nanosec: int = 0, frame_id: str = "camera", encoding: str = "rgb8"):
-    from sensor_msgs.msg import Image
+    from clipsam_ros.outputs.builder import image_msg
+    from clipsam_ros.ros.messages import rclpy_message_types
 
-    from clipsam_ros.ros.messages import image_msg
-
-    return image_msg(Image, header(sec, nanosec, frame_id), rgb, encoding)
+    return image_msg(rclpy_message_types(), header(sec, nanosec, frame_id), rgb, encoding)
 
 
 def raw_image(sec: int, *, encoding="rgb8", height=4, width=4, step=12, data=b"\0" * 48):
@@ -208,7 +207,7 @@ def build_offline_inspector(cfg, lite_sam, root: Path):
     """The real Inspector on the offline profile: a reference bank of 3 good synth parts."""
     import torch
 
-    from clipsam_ros.localize.factory import build_localizer
+    from clipsam_ros.localize import build_localizer
     from clipsam_ros.inspector import Inspector
     from clipsam_ros.data.synth import generate_dataset
 

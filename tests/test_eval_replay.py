@@ -19,20 +19,23 @@ from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from clipsam_ros.bags.rosbag2 import Bag, BagError
-from clipsam_ros.outputs.bag_messages import image_msg, make_header
+from clipsam_ros.outputs.builder import image_msg, make_header
+from clipsam_ros.outputs.message_types import from_typestore
 from clipsam_ros.cli.main import main
 from clipsam_ros.eval.metrics import METRIC_KEYS
-from clipsam_ros.localize.factory import build_localizer
+from clipsam_ros.localize import build_localizer
 from clipsam_ros.inspector import Inspector
 from clipsam_ros.bags.replay import run_replay
 from clipsam_ros.resources import config_path
 from clipsam_ros.data.synth import make_sample, sample_seed
 from clipsam_ros.data.synth_bag import GT_TOPIC, IMAGE_TOPIC, good_dir_of, write_synth_bag
-from clipsam_ros.outputs.vision_msgs_defs import OUTPUT_TOPICS, OUTPUT_TYPES, bag_typestore
+from clipsam_ros.outputs.topics import OUTPUT_TOPICS, recorded_topic
+from clipsam_ros.outputs.vision_msgs_defs import bag_typestore
 
 pytestmark = pytest.mark.slow   # whole recordings replayed through the real Inspector
 
 SIZE = (320, 240)
+OUT = {t.name: recorded_topic(t.name) for t in OUTPUT_TOPICS}     # output name -> topic in the bag
 OFFLINE = str(config_path("offline.yaml"))
 
 
@@ -68,12 +71,12 @@ def test_eval_variants_match_the_inspector_on_one_embedding(inspector, lite_sam)
     assert len(evaluator.unique) == 4            # pipeline == points+box+logit2: computed once
     image, _ = make_sample("metal", "stain", 5, SIZE)
     before = lite_sam.encoder_calls
-    estimate, refinements = evaluator.analyse(inspector.localizer, image)
+    analysis, results = evaluator.analyse(inspector, image)
     assert lite_sam.encoder_calls - before == 1
     result = inspector.inspect(image)
-    np.testing.assert_array_equal(estimate.anomaly_map, result.anomaly_map)
-    np.testing.assert_array_equal(refinements[evaluator.pipeline.key].pixel_scores, result.pixel_scores)
-    assert float(refinements[evaluator.pipeline.key].pixel_scores.max()) == result.score
+    np.testing.assert_array_equal(analysis.estimate.anomaly_map, result.anomaly_map)
+    np.testing.assert_array_equal(results[evaluator.pipeline.key].pixel_scores, result.pixel_scores)
+    assert results[evaluator.pipeline.key].score == result.score
 
 
 def _read_all(bag_path):
@@ -102,32 +105,36 @@ def test_synth_bag_replays_to_the_nodes_topics(tmp_path, bank_file, capsys):
 
     messages, types = _read_all(out)
     assert (out / "metadata.yaml").exists() and list(out.glob("*.mcap"))
-    for key, topic in OUTPUT_TOPICS.items():
-        assert types[topic] == OUTPUT_TYPES[key]
+    for output in OUTPUT_TOPICS:
+        assert types[OUT[output.name]] == output.msgtype
     assert types[IMAGE_TOPIC] == "sensor_msgs/msg/Image" and types[GT_TOPIC] == "sensor_msgs/msg/Image"
     inputs = messages[IMAGE_TOPIC]
     assert len(inputs) == 3
     stamps = [_stamp(m) for _, m in inputs]
-    for topic in OUTPUT_TOPICS.values():
-        if topic == OUTPUT_TOPICS["reject"]:
-            assert [t for t, _ in messages[topic]] == [t for t, _ in inputs]     # std_msgs/Bool: no header
+    for topic in OUT.values():
+        assert [t for t, _ in messages[topic]] == [t for t, _ in inputs], topic   # at the inputs' times
+        if topic == OUT["reject"]:
+            continue                                                            # std_msgs/Bool: no header
+        if topic == OUT["verdict_json"]:                                        # the stamp is in the JSON
+            heads = [json.loads(m.data)["header"] for _, m in messages[topic]]
+            assert [h["sec"] * 1_000_000_000 + h["nanosec"] for h in heads] == stamps
             continue
         assert [_stamp(m) for _, m in messages[topic]] == stamps, topic      # stamped like the inputs
-        assert [t for t, _ in messages[topic]] == [t for t, _ in inputs]
     with Bag(bag) as original:   # inputs are copied byte for byte
         first = next(original.messages([IMAGE_TOPIC]))
         assert bytes(first.data) == bytes(_raw_first(out, IMAGE_TOPIC))
-    mask = messages[OUTPUT_TOPICS["mask"]][0][1]
+    mask = messages[OUT["mask"]][0][1]
     assert (mask.encoding, mask.height, mask.width) == ("mono8", SIZE[1], SIZE[0])
     assert set(np.unique(mask.data)) <= {0, 255}
-    amap = messages[OUTPUT_TOPICS["anomaly_map"]][0][1]
+    amap = messages[OUT["anomaly_map"]][0][1]
     values = np.frombuffer(amap.data.tobytes(), "<f4")
     assert amap.encoding == "32FC1" and values.size == SIZE[0] * SIZE[1] and 0 <= values.min() <= values.max() <= 1
-    assert messages[OUTPUT_TOPICS["overlay"]][0][1].encoding == "bgr8"
-    verdicts = [m.results[0].class_id for _, m in messages[OUTPUT_TOPICS["verdict"]]]
-    rejects = [m.data for _, m in messages[OUTPUT_TOPICS["reject"]]]
+    assert messages[OUT["overlay"]][0][1].encoding == "bgr8"
+    verdicts = [m.results[0].class_id for _, m in messages[OUT["verdict"]]]
+    rejects = [m.data for _, m in messages[OUT["reject"]]]
     assert rejects == [v != "pass" for v in verdicts]
-    for (_, dets), verdict in zip(messages[OUTPUT_TOPICS["detections"]], verdicts):
+    assert [json.loads(m.data)["verdict"] for _, m in messages[OUT["verdict_json"]]] == verdicts
+    for (_, dets), verdict in zip(messages[OUT["detections"]], verdicts):
         assert (len(dets.detections) > 0) == (verdict == "fail")
         for d in dets.detections:
             assert d.results[0].hypothesis.class_id == "anomaly"
@@ -140,8 +147,8 @@ def test_synth_bag_replays_to_the_nodes_topics(tmp_path, bank_file, capsys):
     with open(next(out.glob("*.mcap")), "rb") as handle:
         reader = make_reader(handle, decoder_factories=[DecoderFactory()])
         decoded = {c.topic: (s.name, m) for s, c, _, m in reader.iter_decoded_messages()}
-    assert decoded[OUTPUT_TOPICS["detections"]][0] == "vision_msgs/msg/Detection2DArray"
-    assert decoded[OUTPUT_TOPICS["verdict"]][1].results[0].class_id == verdicts[-1]
+    assert decoded[OUT["detections"]][0] == "vision_msgs/msg/Detection2DArray"
+    assert decoded[OUT["verdict"]][1].results[0].class_id == verdicts[-1]
 
     data = json.loads((report / "report.json").read_text())
     assert data["frames"] == 3 and data["complete"] and not data["error"]
@@ -164,6 +171,7 @@ def _raw_first(bag_path, topic):
 
 def test_sqlite3_bag_with_a_malformed_frame_goes_on(tmp_path, inspector):
     ts = bag_typestore()
+    types = from_typestore(ts)
     bag = tmp_path / "cam_sqlite"
     good, _ = make_sample("metal", None, 11, SIZE)
     stain, truth = make_sample("metal", "stain", 12, SIZE)
@@ -175,14 +183,14 @@ def test_sqlite3_bag_with_a_malformed_frame_goes_on(tmp_path, inspector):
         def put(conn, stamp, msg):
             writer.write(conn, stamp, ts.serialize_cdr(msg, "sensor_msgs/msg/Image"))
 
-        put(img, t0, image_msg(ts, make_header(ts, t0, "cam"), good, "rgb8"))
-        put(gt, t0 + 1, image_msg(ts, make_header(ts, t0, "cam"), np.zeros(truth.shape, np.uint8), "mono8"))
-        broken = image_msg(ts, make_header(ts, t0 + 100, "cam"), good, "rgb8")
+        put(img, t0, image_msg(types, make_header(types, t0, "cam"), good, "rgb8"))
+        put(gt, t0 + 1, image_msg(types, make_header(types, t0, "cam"), np.zeros(truth.shape, np.uint8), "mono8"))
+        broken = image_msg(types, make_header(types, t0 + 100, "cam"), good, "rgb8")
         broken.data = broken.data[:-7]                      # data shorter than step * height
         put(img, t0 + 100, broken)
         # the ground truth of the last frame is recorded before its image: paired by stamp anyway
-        put(gt, t0 + 199, image_msg(ts, make_header(ts, t0 + 200, "cam"), truth, "mono8"))
-        put(img, t0 + 200, image_msg(ts, make_header(ts, t0 + 200, "cam"), stain[:, :, ::-1].copy(), "bgr8"))
+        put(gt, t0 + 199, image_msg(types, make_header(types, t0 + 200, "cam"), truth, "mono8"))
+        put(img, t0 + 200, image_msg(types, make_header(types, t0 + 200, "cam"), stain[:, :, ::-1].copy(), "bgr8"))
     assert list(bag.glob("*.db3"))
 
     out, report_dir = tmp_path / "out", tmp_path / "rep"
@@ -196,11 +204,13 @@ def test_sqlite3_bag_with_a_malformed_frame_goes_on(tmp_path, inspector):
     assert report.metrics_frames == 2 and report.verdicts["error"] == 1
 
     messages, _ = _read_all(out)
-    verdicts = [m.results[0].class_id for _, m in messages[OUTPUT_TOPICS["verdict"]]]
-    assert verdicts[1] == "error" and messages[OUTPUT_TOPICS["reject"]][1][1].data is True
-    assert _stamp(messages[OUTPUT_TOPICS["verdict"]][1][1]) == t0 + 100      # its header was still readable
+    verdicts = [m.results[0].class_id for _, m in messages[OUT["verdict"]]]
+    assert verdicts[1] == "error" and messages[OUT["reject"]][1][1].data is True
+    assert _stamp(messages[OUT["verdict"]][1][1]) == t0 + 100      # its header was still readable
+    error = json.loads(messages[OUT["verdict_json"]][1][1].data)
+    assert error["verdict"] == "error" and error["reject"] is True and "data" in error["error"]
     # as on the node: an error frame has no mask, map or detections
-    assert len(messages[OUTPUT_TOPICS["mask"]]) == 2 and len(messages[OUTPUT_TOPICS["detections"]]) == 2
+    assert len(messages[OUT["mask"]]) == 2 and len(messages[OUT["detections"]]) == 2
     assert len(messages["/cam/image"]) == 3                 # the broken input is kept, as recorded
 
 
@@ -242,8 +252,8 @@ def test_single_mcap_file_from_another_writer(tmp_path, inspector):
     assert report.to_json().get("metrics") is None                  # no ground-truth topic
     messages, types = _read_all(out)
     assert types["/line/compressed"] == "sensor_msgs/msg/CompressedImage"
-    assert [_stamp(m) for _, m in messages[OUTPUT_TOPICS["mask"]]] == [50_000_000_000]
-    assert messages[OUTPUT_TOPICS["verdict"]][0][1].results[0].class_id == "fail"      # the hole is found
+    assert [_stamp(m) for _, m in messages[OUT["mask"]]] == [50_000_000_000]
+    assert messages[OUT["verdict"]][0][1].results[0].class_id == "fail"      # the hole is found
 
 
 # ------------------------------------------------------------------ damaged and wrong input
@@ -263,7 +273,7 @@ def test_a_truncated_recording_reports_the_frames_before_the_cut(tmp_path, bank_
     assert 1 <= data["frames"] < 3 and not data["complete"] and "truncated" in data["error"]
     assert sum(data["verdicts"].values()) == data["frames"]
     messages, _ = _read_all(out)                                 # the output bag is whole
-    assert len(messages[OUTPUT_TOPICS["verdict"]]) == data["frames"]
+    assert len(messages[OUT["verdict"]]) == data["frames"]
 
 
 def test_bag_problems_are_one_line_before_any_model_loads(tmp_path, capsys):

@@ -1,44 +1,28 @@
 """vision_msgs building against the real message schema, without vision_msgs installed:
-rosbags typestore classes generated from the vision_msgs 4.1 (Jazzy) .msg files, then a
-CDR serialize -> deserialize round trip. No DDS."""
+rosbags typestore classes generated from the vision_msgs 4.1 (Jazzy) .msg text the bag
+tools register (`outputs.vision_msgs_defs`), then a CDR serialize -> deserialize round
+trip. No DDS."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-typesys = pytest.importorskip("rosbags.typesys")
+pytest.importorskip("rosbags.typesys")
 
 from clipsam_ros.decision import Defect  # noqa: E402
 from clipsam_ros.outputs.vision_msgs import (ANOMALY_CLASS, VisionTypes, classification,  # noqa: E402
-                                                 detection_array, types_from_store)
-
-# vision_msgs 4.1.1 (ros-perception/vision_msgs, the Jazzy release), comments left out
-VISION_MSGS = {
-    "Point2D": "float64 x\nfloat64 y\n",
-    "Pose2D": "vision_msgs/Point2D position\nfloat64 theta\n",
-    "BoundingBox2D": "vision_msgs/Pose2D center\nfloat64 size_x\nfloat64 size_y\n",
-    "ObjectHypothesis": "string class_id\nfloat64 score\n",
-    "ObjectHypothesisWithPose": "ObjectHypothesis hypothesis\ngeometry_msgs/PoseWithCovariance pose\n",
-    "Detection2D": ("std_msgs/Header header\nObjectHypothesisWithPose[] results\nBoundingBox2D bbox\n"
-                    "string id\n"),
-    "Detection2DArray": "std_msgs/Header header\nDetection2D[] detections\n",
-    "Classification": "std_msgs/Header header\nObjectHypothesis[] results\n",
-}
+                                             detection_array, vision_types_from_store)
+from clipsam_ros.outputs.vision_msgs_defs import bag_typestore  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def store():
-    ts = typesys.get_typestore(typesys.Stores.ROS2_JAZZY)   # has std_msgs and geometry_msgs
-    types = {}
-    for name, text in VISION_MSGS.items():
-        types.update(typesys.get_types_from_msg(text, f"vision_msgs/msg/{name}"))
-    ts.register(types)
-    return ts
+    return bag_typestore()      # Jazzy's std_msgs and geometry_msgs, plus vision_msgs from .msg text
 
 
 @pytest.fixture(scope="module")
 def types(store) -> VisionTypes:
-    return types_from_store(store.types)
+    return vision_types_from_store(store.types)
 
 
 @pytest.fixture()
@@ -81,22 +65,3 @@ def test_verdict_classification_round_trips(store, types, header, verdict, score
     assert (result.class_id, result.score) == (verdict, pytest.approx(score))
     assert back.header.stamp.sec == 1712
 
-
-def test_bag_tools_use_the_same_definitions_and_conventions(store, types, header):
-    """replay / synth --bag write the node's outputs into bags: the bytes must match the node's."""
-    defs = pytest.importorskip("clipsam_ros.outputs.vision_msgs_defs")
-    assert {k.split("/")[-1]: v.split() for k, v in defs.VISION_MSGS.items()} == \
-        {k: v.split() for k, v in VISION_MSGS.items()}
-    assert defs.DETECTION_CLASS_ID == ANOMALY_CLASS
-    bag_msgs = pytest.importorskip("clipsam_ros.outputs.bag_messages")
-    from clipsam_ros.inspector import error_result
-
-    result = error_result((8, 8), "")
-    result.verdict, result.score = "fail", 0.9
-    result.defects = [Defect(bbox=[1, 2, 5, 7], area_px=20, score=0.9)]
-    for theirs, ours in ((bag_msgs.detections_msg(store, header, result),
-                          detection_array(types, header, result.defects)),
-                         (bag_msgs.verdict_msg(store, header, result),
-                          classification(types, header, "fail", 0.9))):
-        name = ours.__msgtype__
-        assert bytes(store.serialize_cdr(theirs, name)) == bytes(store.serialize_cdr(ours, name))

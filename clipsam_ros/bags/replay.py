@@ -9,10 +9,10 @@
   message that cannot be decoded gets verdict "error" (reject) and the replay
   goes on.
 * OUT: a new rosbag2 (mcap) holding the input topics, copied byte for byte,
-  and the node's outputs under the names the node publishes
-  (`vision_msgs_defs.OUTPUT_TOPICS`), each with its input frame's header and
-  receive time, so `ros2 bag play OUT` or Foxglove shows what the node would
-  have published.
+  and every output of the node (`outputs.topics.OUTPUT_TOPICS`) under
+  `/clipsam_inspector/<name>`, built by the node's own builder
+  (`outputs.builder`), each with its input frame's header and receive time, so
+  `ros2 bag play OUT` or Foxglove shows what the node would have published.
 * DIR (default `OUT_report`): `report.json` and `frames.csv`.
   `latency_ms` is per frame, from the raw message to the output messages
   (decode + inspect + building the messages), the work a node adds.
@@ -37,14 +37,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .rosbag2 import Bag, BagError, BagWriter, RawMessage
-from ..outputs.bag_messages import make_header, output_messages, stamp_ns
 from ..config import Config, ConfigError, to_dict
+from ..decision import Verdict
+from ..errors import one_line
 from ..eval.metrics import METRIC_KEYS, MetricAccumulator
 from ..imaging.codec import compressed_to_rgb, image_to_rgb
-from ..outputs.vision_msgs_defs import OUTPUT_TOPICS, OUTPUT_TYPES, bag_typestore
-from ..errors import one_line
-from ..decision import Verdict
+from ..outputs.builder import frame_messages, make_header, stamp_ns
+from ..outputs.message_types import from_typestore
+from ..outputs.topics import OUTPUT_TOPICS, recorded_topic
+from ..outputs.vision_msgs_defs import bag_typestore
+from .rosbag2 import Bag, BagError, BagWriter, RawMessage
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +212,7 @@ class _Replay:
     def __init__(self, bag: Bag, writer: BagWriter, inspector, image_topic: str, gt_topic: str | None):
         self.bag, self.writer, self.inspector = bag, writer, inspector
         self.image_topic, self.gt_topic = image_topic, gt_topic
-        self.ts = writer.typestore
+        self.types = from_typestore(writer.typestore)
         self.records: list[FrameRecord] = []
         self.pairs = GroundTruthPairs() if gt_topic else None
         self.gt_errors = 0
@@ -221,8 +223,8 @@ class _Replay:
         topics = [self.image_topic] + ([self.gt_topic] if self.gt_topic else [])
         for topic in topics:
             self.writer.add_topic(topic, self.bag.topics[topic])
-        for key, topic in OUTPUT_TOPICS.items():
-            self.writer.add_topic(topic, OUTPUT_TYPES[key])
+        for out in OUTPUT_TOPICS:
+            self.writer.add_topic(recorded_topic(out.name), out.msgtype)
         bar = tqdm(total=self.bag.counts.get(self.image_topic) or None, desc="replay", unit="frame",
                    disable=not progress)
         try:
@@ -260,11 +262,11 @@ class _Replay:
         else:
             result = self.inspector.inspect(image)      # never raises: a failure is an "error" result
         # stamped like the input; a message whose header cannot be read gets its receive time
-        header = make_header(self.ts, stamp, frame_id)
-        outputs = output_messages(self.ts, header, result, image)
+        header = make_header(self.types, stamp, frame_id)
+        outputs = frame_messages(self.types, header, image, result)
         latency = (time.perf_counter() - start) * 1000.0
-        for topic, msg in outputs.items():
-            self.writer.write(topic, message.log_ns, msg)
+        for name, msg in outputs.items():
+            self.writer.write(recorded_topic(name), message.log_ns, msg)
         record = FrameRecord(
             index=len(self.records), stamp_ns=stamp, log_ns=message.log_ns, verdict=result.verdict,
             score=round(float(result.score), 6), image_score=round(float(result.image_score), 6),

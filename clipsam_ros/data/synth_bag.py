@@ -24,7 +24,8 @@ import cv2
 from tqdm import tqdm
 
 from ..bags.rosbag2 import BagWriter
-from ..outputs.bag_messages import image_msg, make_header
+from ..outputs.builder import image_msg, make_header
+from ..outputs.message_types import from_typestore
 from .synth import PRODUCTS, make_sample, sample_seed
 
 IMAGE_TOPIC = "/camera/image_raw"
@@ -68,13 +69,13 @@ def write_synth_bag(out: str | Path, n: int = 8, product: str = "metal", seed: i
     period_ns = int(1e9 / rate_hz)
     defective = 0
     with BagWriter(out, storage=storage) as writer:
-        ts = writer.typestore
+        types = from_typestore(writer.typestore)
         for i in tqdm(range(n), desc="synth bag", unit="frame", disable=not progress):
             defect = frame_defect(product, i)
             rgb, mask = make_sample(product, defect, sample_seed(seed, product, "bag", i), size)
             defective += defect is not None
             stamp = START_NS + i * period_ns
-            header = make_header(ts, stamp, FRAME_ID)
-            writer.write(IMAGE_TOPIC, stamp, image_msg(ts, header, rgb, "rgb8"))
-            writer.write(GT_TOPIC, stamp, image_msg(ts, header, mask, "mono8"))
+            header = make_header(types, stamp, FRAME_ID)
+            writer.write(IMAGE_TOPIC, stamp, image_msg(types, header, rgb, "rgb8"))
+            writer.write(GT_TOPIC, stamp, image_msg(types, header, mask, "mono8"))
     return SynthBag(out, good, n, defective)

@@ -1,10 +1,11 @@
 """vision_msgs messages from an inspection: Detection2DArray and Classification.
 
 The one place that knows the vision_msgs 4.x layout. Message classes come in as
-a `VisionTypes`, so the same code builds rclpy messages on a ROS install and
-`rosbags` typestore messages in tests (their classes have no defaults, which is
-why every field is passed). vision_msgs is not on PyPI: `load_vision_types()`
-returns None where it is missing, and the node publishes everything else.
+a `VisionTypes` (inside `message_types.MessageTypes`), so the same code builds
+rclpy messages on the node and `rosbags` typestore messages for bags (their
+classes have no defaults, which is why every field is passed). vision_msgs is
+not on PyPI: where it is missing the bundle has no `VisionTypes`, and the node
+publishes everything else.
 
 Conventions: one Detection2D per defect, its one hypothesis class_id "anomaly"
 with the defect's peak pixel score; `id` is the defect's rank in the frame ("0"
@@ -23,7 +24,7 @@ import numpy as np
 
 from ..decision import Defect
 
-ANOMALY_CLASS = "anomaly"
+ANOMALY_CLASS = "anomaly"      # the class_id of every detection
 
 
 @dataclass(frozen=True)
@@ -42,20 +43,7 @@ class VisionTypes:
     Quaternion: Any
 
 
-def load_vision_types() -> VisionTypes | None:
-    """The rclpy message classes, or None where vision_msgs is not installed."""
-    try:
-        from geometry_msgs.msg import Point, Pose, PoseWithCovariance, Quaternion
-        from vision_msgs.msg import (BoundingBox2D, Classification, Detection2D, Detection2DArray,
-                                     ObjectHypothesis, ObjectHypothesisWithPose, Point2D, Pose2D)
-    except ImportError:
-        return None
-    return VisionTypes(Detection2DArray, Detection2D, BoundingBox2D, Pose2D, Point2D,
-                       ObjectHypothesisWithPose, ObjectHypothesis, Classification,
-                       PoseWithCovariance, Pose, Point, Quaternion)
-
-
-def types_from_store(types: Mapping[str, Any]) -> VisionTypes:
+def vision_types_from_store(types: Mapping[str, Any]) -> VisionTypes:
     """VisionTypes from a `rosbags` typestore's `.types` (vision_msgs registered from .msg text)."""
     return VisionTypes(**{f.name: types[f"{_PACKAGE[f.name]}/msg/{f.name}"] for f in fields(VisionTypes)})
 

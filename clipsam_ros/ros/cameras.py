@@ -3,17 +3,17 @@
 One camera (`input.image_topics` empty): the topic `image`, outputs directly under
 `~/` as DESIGN.md lists them. Several: one subscription per topic, each camera's
 outputs under `~/<camera>/`, the name being the topic without its last part
-(`config.camera_names`: `cam_left/image_raw` -> `~/cam_left/mask`).
+(`config.camera_names`: `cam_left/image_raw` -> `~/cam_left/mask`). The outputs
+are those of `outputs.topics.OUTPUT_TOPICS` whose message classes are installed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from sensor_msgs.msg import Image
-from std_msgs.msg import Bool, String
-
 from ..config import InputConfig, camera_names
+from ..outputs.message_types import MessageTypes
+from ..outputs.topics import OUTPUT_TOPICS, TOPICS
 from .qos import IMAGE_OUT_DEPTH, RESULT_OUT_DEPTH, output_qos
 
 
@@ -22,18 +22,24 @@ class Camera:
     index: int
     name: str                  # "" for the single-camera node
     topic: str                 # as configured (relative names resolve in the node's namespace)
-    mask: Any                  # publishers
-    anomaly_map: Any
-    overlay: Any
-    verdict_json: Any
-    reject: Any
-    detections: Any = None     # None without vision_msgs
-    verdict: Any = None
+    publishers: dict[str, Any] = field(default_factory=dict)   # output name -> publisher, in table order
     subscription: Any = None
 
-    @property
-    def result_publishers(self) -> tuple:
-        return (self.mask, self.anomaly_map, self.overlay, self.verdict_json, self.reject)
+    def __getattr__(self, name: str) -> Any:
+        # camera.mask, camera.reject, ...: an output's publisher (None where its type is not installed)
+        if name in TOPICS:
+            return self.publishers.get(name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def wanted(self) -> set[str]:
+        """The outputs worth building now: every result, and the images someone subscribes to."""
+        return {name for name, pub in self.publishers.items()
+                if not TOPICS[name].image or pub.get_subscription_count()}
+
+    def publish(self, messages: dict[str, Any]) -> None:
+        """Publish one frame's messages in the order given (the builder's: the table's)."""
+        for name, msg in messages.items():
+            self.publishers[name].publish(msg)
 
 
 def camera_topics(inp: InputConfig) -> list[tuple[str, str]]:
@@ -43,21 +49,17 @@ def camera_topics(inp: InputConfig) -> list[tuple[str, str]]:
     return list(zip(camera_names(inp.image_topics), inp.image_topics))
 
 
-def create_cameras(node, inp: InputConfig, vision) -> list[Camera]:
+def create_cameras(node, inp: InputConfig, types: MessageTypes) -> list[Camera]:
     """Each camera's output publishers on `node` (subscriptions are the node's to make)."""
     images, results = output_qos(IMAGE_OUT_DEPTH), output_qos(RESULT_OUT_DEPTH)
     cameras = []
     for index, (name, topic) in enumerate(camera_topics(inp)):
         prefix = f"~/{name}/" if name else "~/"
-        camera = Camera(
-            index=index, name=name, topic=topic,
-            mask=node.create_publisher(Image, prefix + "mask", images),
-            anomaly_map=node.create_publisher(Image, prefix + "anomaly_map", images),
-            overlay=node.create_publisher(Image, prefix + "overlay", images),
-            verdict_json=node.create_publisher(String, prefix + "verdict_json", results),
-            reject=node.create_publisher(Bool, prefix + "reject", results))
-        if vision is not None:
-            camera.detections = node.create_publisher(vision.Detection2DArray, prefix + "detections", results)
-            camera.verdict = node.create_publisher(vision.Classification, prefix + "verdict", results)
+        camera = Camera(index=index, name=name, topic=topic)
+        for out in OUTPUT_TOPICS:
+            cls = types.class_of(out.msgtype)
+            if cls is not None:       # detections / verdict need vision_msgs
+                camera.publishers[out.name] = node.create_publisher(cls, prefix + out.name,
+                                                                    images if out.image else results)
         cameras.append(camera)
     return cameras

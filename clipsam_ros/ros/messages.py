@@ -1,40 +1,51 @@
-"""Outgoing messages other than vision_msgs: images, the verdict as JSON, diagnostics.
+"""The rclpy side of the outputs: the message classes the builder uses, and /diagnostics.
 
-Message classes are passed in, so this module imports no message package itself.
+The outputs themselves are built by `outputs.builder` (shared with replay); this
+module only hands it rclpy's classes. The DiagnosticArray classes are passed in.
 """
 from __future__ import annotations
 
 import array
-import json
+import functools
 import math
-from typing import Any, Sequence
 
-import numpy as np
+from builtin_interfaces.msg import Time
+from sensor_msgs.msg import Image
+from std_msgs.msg import Bool, Header, String
 
-from ..decision import Defect, Verdict
-from ..imaging.codec import rgb_to_image_fields
+from ..outputs.builder import verdict_json  # noqa: F401 - re-exported: tests import it from here
+from ..outputs.message_types import MessageTypes
+from ..outputs.vision_msgs import VisionTypes
 from .stats import ERROR_KINDS, Snapshot
 
 
-def image_msg(Image, header, pixels: np.ndarray, encoding: str):
-    """A sensor_msgs/Image of `pixels` (see image_codec.rgb_to_image_fields for shapes)."""
-    fields = rgb_to_image_fields(pixels, encoding)
+@functools.cache
+def rclpy_message_types() -> MessageTypes:
+    """rclpy's output classes; without vision_msgs installed `vision` is None."""
     # rclpy checks a bytes value element by element; array.array('B') is taken as is
-    fields["data"] = array.array("B", fields["data"])
-    return Image(header=header, **fields)
+    return MessageTypes(Header=Header, Time=Time, Image=Image, String=String, Bool=Bool,
+                        vision=load_vision_types(), uint8_array=functools.partial(array.array, "B"))
 
 
-def stamp_of(header) -> dict[str, Any]:
-    return {"sec": int(header.stamp.sec), "nanosec": int(header.stamp.nanosec), "frame_id": header.frame_id}
-
-
-def verdict_json(header, verdict: str, score: float, defects: Sequence[Defect] = (), error: str = "") -> str:
-    """The verdict as one JSON line (std_msgs/String has no header, so it carries the stamp)."""
-    out: dict[str, Any] = {"header": stamp_of(header), "verdict": verdict, "score": round(float(score), 6),
-                           "reject": Verdict(verdict).reject, "defects": [d.to_json() for d in defects]}
-    if error:
-        out["error"] = error
-    return json.dumps(out)
+def load_vision_types() -> VisionTypes | None:
+    """The rclpy vision_msgs (and geometry_msgs) classes, or None where vision_msgs is not installed."""
+    try:
+        from geometry_msgs.msg import Point, Pose, PoseWithCovariance, Quaternion
+        from vision_msgs.msg import (
+            BoundingBox2D,
+            Classification,
+            Detection2D,
+            Detection2DArray,
+            ObjectHypothesis,
+            ObjectHypothesisWithPose,
+            Point2D,
+            Pose2D,
+        )
+    except ImportError:
+        return None
+    return VisionTypes(Detection2DArray, Detection2D, BoundingBox2D, Pose2D, Point2D,
+                       ObjectHypothesisWithPose, ObjectHypothesis, Classification,
+                       PoseWithCovariance, Pose, Point, Quaternion)
 
 
 def _num(value: float) -> str:

@@ -17,8 +17,9 @@ and `reject: true`, never a silent pass.
 
 Outputs of one frame, all stamped with the input's header, in this order:
 `~/mask` `~/anomaly_map` `~/overlay` `~/detections`, then `~/verdict`
-`~/verdict_json` and last `~/reject`. Image outputs are only built while
-someone subscribes to them. An "error" frame gets `~/verdict`, `~/verdict_json`,
+`~/verdict_json` and last `~/reject` (the table `outputs.topics.OUTPUT_TOPICS`;
+the messages come from `outputs.builder`, which replay uses too). Image outputs
+are only built while someone subscribes to them. An "error" frame gets `~/verdict`, `~/verdict_json`,
 `~/reject` and, when the image itself could be decoded, `~/overlay`; it has no
 mask, map or detections because there is no result to show.
 """
@@ -42,21 +43,18 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import Bool, String
 
 from ..config import NODE_NAME, Config, load, set_value
+from ..decision import Verdict
+from ..errors import one_line
 from ..imaging.codec import ImageDecodeError, compressed_to_rgb, image_to_rgb
-from ..imaging.overlay import render_overlay
+from ..outputs.builder import FrameError, frame_messages
 from .cameras import Camera, create_cameras
 from .frame_queue import Frame, FrameQueue
-from .messages import (camera_values, diagnostic_array, diagnostic_level, diagnostic_values, image_msg,
-                       verdict_json)
+from .messages import camera_values, diagnostic_array, diagnostic_level, diagnostic_values, rclpy_message_types
 from .params import check_change, config_keys, declare_config, overrides_from_config, plain
 from .qos import image_subscription_qos, policy_warning
 from .stats import FrameStats
-from ..outputs.vision_msgs import classification, detection_array, load_vision_types
-from ..errors import one_line
-from ..decision import Verdict
 
 if TYPE_CHECKING:  # torch loads with the pipeline: only when the Inspector is built
     from ..inspector import InspectionResult, Inspector
@@ -132,11 +130,11 @@ class InspectorNode(Node):
         self._pending: dict[str, Any] = {}        # accepted parameter changes, applied between frames
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        self.vision = load_vision_types()
-        if self.vision is None:
+        self.types = rclpy_message_types()
+        if self.types.vision is None:
             self.get_logger().warning("vision_msgs is not installed: ~/detections and ~/verdict are not "
                                       "published; ~/verdict_json and ~/reject carry the verdict")
-        self.cameras: list[Camera] = create_cameras(self, self.cfg.input, self.vision)
+        self.cameras: list[Camera] = create_cameras(self, self.cfg.input, self.types)
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
         inp = self.cfg.input
@@ -160,6 +158,11 @@ class InspectorNode(Node):
             f"ready: inspecting {self._topic_names()} "
             f"({'CompressedImage' if inp.compressed else 'Image'}, {inp.reliability}, "
             f"queue_policy {inp.queue_policy}) on {self.inspector.device}")
+
+    @property
+    def vision(self):
+        """The vision_msgs classes, None where vision_msgs is not installed."""
+        return self.types.vision
 
     @property
     def camera(self) -> Camera:
@@ -299,33 +302,17 @@ class InspectorNode(Node):
         if result.verdict == Verdict.ERROR:
             self._answer_error(frame, "inference", result.error, rgb)
             return
-        camera = self.cameras[frame.camera]
         try:
-            self._publish_result(camera, frame.msg.header, rgb, result)
+            self._publish(frame, rgb, result)
         except Exception as exc:
             self._answer_error(frame, "publish", f"{type(exc).__name__}: {exc}")
             return
-        self._publish_verdict(camera, frame.msg.header, result.verdict, result.score, result.defects)
         self._count(frame, result.verdict)
 
-    def _publish_result(self, camera: Camera, header, rgb, result: InspectionResult) -> None:
-        if camera.mask.get_subscription_count():
-            camera.mask.publish(image_msg(Image, header, result.mask, "mono8"))
-        if camera.anomaly_map.get_subscription_count():
-            camera.anomaly_map.publish(image_msg(Image, header, result.anomaly_map, "32FC1"))
-        if camera.overlay.get_subscription_count():
-            overlay = render_overlay(rgb, result.mask, result.defects, result.verdict, result.score)
-            # render_overlay gives BGR; rgb_to_image_fields wants RGB and writes bgr8 itself
-            camera.overlay.publish(image_msg(Image, header, overlay[:, :, ::-1], "bgr8"))
-        if camera.detections is not None:
-            camera.detections.publish(detection_array(self.vision, header, result.defects))
-
-    def _publish_verdict(self, camera: Camera, header, verdict: str, score: float, defects=(),
-                         error: str = "") -> None:
-        if camera.verdict is not None:
-            camera.verdict.publish(classification(self.vision, header, verdict, score))
-        camera.verdict_json.publish(String(data=verdict_json(header, verdict, score, defects, error)))
-        camera.reject.publish(Bool(data=Verdict(verdict).reject))
+    def _publish(self, frame: Frame, rgb: np.ndarray | None, answer: InspectionResult | FrameError) -> None:
+        """Build the frame's outputs (images only for subscribers) and publish them in table order."""
+        camera = self.cameras[frame.camera]
+        camera.publish(frame_messages(self.types, frame.msg.header, rgb, answer, camera.wanted()))
 
     # ------------------------------------------------------------ either thread
 
@@ -345,10 +332,7 @@ class InspectorNode(Node):
                 f"{source}frame {frame.seq} (stamp {header.stamp.sec}.{header.stamp.nanosec:09d}, frame_id "
                 f"'{header.frame_id}'): {kind}: {error}; verdict error, reject{more}")
         try:
-            if rgb is not None and camera.overlay.get_subscription_count():
-                overlay = render_overlay(rgb, np.zeros(rgb.shape[:2], np.uint8), [], Verdict.ERROR, 1.0)
-                camera.overlay.publish(image_msg(Image, header, overlay[:, :, ::-1], "bgr8"))
-            self._publish_verdict(camera, header, Verdict.ERROR, 1.0, error=error)
+            self._publish(frame, rgb, FrameError(error))
         finally:
             self._count(frame, Verdict.ERROR, kind, error)
 
