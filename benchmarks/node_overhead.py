@@ -37,9 +37,9 @@ def p50(values) -> float:
 
 def build_inspector(tmp: Path):
     from clipsam_ros.config import load
+    from clipsam_ros.data.synth import generate_dataset
     from clipsam_ros.inspector import Inspector
     from clipsam_ros.resources import config_path
-    from clipsam_ros.data.synth import generate_dataset
 
     generate_dataset(tmp, n=3, seed=0, classes=["metal"])
     cfg = load(config_path("offline.yaml"), ["input.queue_policy=all", "input.reliability=reliable"])
@@ -52,12 +52,12 @@ def measure(context, executor, inspector, size: tuple[int, int], frames: int) ->
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
 
+    from clipsam_ros.data.synth import make_sample
     from clipsam_ros.inspector import Inspector
     from clipsam_ros.outputs.builder import image_msg
     from clipsam_ros.ros.messages import rclpy_message_types
     from clipsam_ros.ros.node import InspectorNode
     from clipsam_ros.ros.params import overrides_from_config
-    from clipsam_ros.data.synth import make_sample
 
     ns = f"bench_{size[0]}x{size[1]}"
     node = InspectorNode(lambda cfg: Inspector(cfg, inspector.sam, inspector.localizer, inspector.device),

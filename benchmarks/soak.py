@@ -44,9 +44,9 @@ def rss_mb() -> float:
 def build_inspector(workdir: Path):
     """The real offline Inspector on the CPU: LiteMedSAM + a reference bank of 3 good synth parts."""
     from clipsam_ros.config import load
+    from clipsam_ros.data.synth import generate_dataset
     from clipsam_ros.inspector import Inspector
     from clipsam_ros.resources import config_path
-    from clipsam_ros.data.synth import generate_dataset
 
     generate_dataset(workdir, n=3, seed=0, size=FRAME_SIZE, classes=["metal"])
     cfg = load(config_path("offline.yaml"), ["device=cpu",
@@ -80,12 +80,12 @@ def run_soak(inspector, policy: str, frames: int, rate_hz: float = 50.0, domain_
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header, String
 
+    from clipsam_ros.data.synth import make_sample
     from clipsam_ros.inspector import Inspector
     from clipsam_ros.outputs.builder import image_msg
     from clipsam_ros.ros.messages import rclpy_message_types
     from clipsam_ros.ros.node import InspectorNode
     from clipsam_ros.ros.params import overrides_from_config
-    from clipsam_ros.data.synth import make_sample
 
     reliability = reliability or ("reliable" if policy == "all" else "best_effort")
     context = rclpy.Context()

@@ -207,9 +207,9 @@ def build_offline_inspector(cfg, lite_sam, root: Path):
     """The real Inspector on the offline profile: a reference bank of 3 good synth parts."""
     import torch
 
-    from clipsam_ros.localize import build_localizer
-    from clipsam_ros.inspector import Inspector
     from clipsam_ros.data.synth import generate_dataset
+    from clipsam_ros.inspector import Inspector
+    from clipsam_ros.localize import build_localizer
 
     generate_dataset(root, n=3, seed=0, size=FRAME_SIZE, classes=["metal"])
     cfg = copy.deepcopy(cfg)

@@ -18,19 +18,19 @@ import torch
 from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 
-from clipsam_ros.bags.rosbag2 import Bag, BagError
-from clipsam_ros.outputs.builder import image_msg, make_header
-from clipsam_ros.outputs.message_types import from_typestore
-from clipsam_ros.cli.main import main
-from clipsam_ros.eval.metrics import METRIC_KEYS
-from clipsam_ros.localize import build_localizer
-from clipsam_ros.inspector import Inspector
 from clipsam_ros.bags.replay import run_replay
-from clipsam_ros.resources import config_path
+from clipsam_ros.bags.rosbag2 import Bag, BagError
+from clipsam_ros.cli.main import main
 from clipsam_ros.data.synth import make_sample, sample_seed
 from clipsam_ros.data.synth_bag import GT_TOPIC, IMAGE_TOPIC, good_dir_of, write_synth_bag
+from clipsam_ros.eval.metrics import METRIC_KEYS
+from clipsam_ros.inspector import Inspector
+from clipsam_ros.localize import build_localizer
+from clipsam_ros.outputs.builder import image_msg, make_header
+from clipsam_ros.outputs.message_types import from_typestore
 from clipsam_ros.outputs.topics import OUTPUT_TOPICS, recorded_topic
 from clipsam_ros.outputs.vision_msgs_defs import bag_typestore
+from clipsam_ros.resources import config_path
 
 pytestmark = pytest.mark.slow   # whole recordings replayed through the real Inspector
 

@@ -10,8 +10,13 @@ import pytest
 pytest.importorskip("rosbags.typesys")
 
 from clipsam_ros.decision import Defect  # noqa: E402
-from clipsam_ros.outputs.vision_msgs import (ANOMALY_CLASS, VisionTypes, classification,  # noqa: E402
-                                             detection_array, vision_types_from_store)
+from clipsam_ros.outputs.vision_msgs import (  # noqa: E402
+    ANOMALY_CLASS,
+    VisionTypes,
+    classification,
+    detection_array,
+    vision_types_from_store,
+)
 from clipsam_ros.outputs.vision_msgs_defs import bag_typestore  # noqa: E402
 
 
