@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from clipsam_ros.config import load
+from clipsam_ros.data.synth import make_sample
 from clipsam_ros.models.sam import build_sam
 from clipsam_ros.refine.cps import refine_cps
 from clipsam_ros.resources import config_path
-from clipsam_ros.data.synth import make_sample
 
 SIZE = (480, 640)
 

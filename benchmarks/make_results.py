@@ -68,13 +68,15 @@ def render(results: list[tuple[str, dict]]) -> str:
         "Per-frame stage times are p50 over the measured frames; with `--batch` the encoders' time is the "
         "batch's, shared evenly among its frames, and frames/s counts every camera's frames.",
         "",
-        "| run | device | " + " | ".join(f"{s} p50 ms" for s in stages) + " | frames/s | SAM enc./frame | peak host MB | peak device MB |",
+        "| run | device | " + " | ".join(f"{s} p50 ms" for s in stages)
+        + " | frames/s | SAM enc./frame | peak host MB | peak device MB |",
         "|---|---|" + "---|" * (len(stages) + 4),
     ]
     for name, r in results:
         cells = [f"{r['stages_ms'].get(s, 0.0):.1f}" if s in r["stages_ms"] else "–" for s in stages]
         lines.append(f"| {name} | {r['device']} | " + " | ".join(cells)
-                     + f" | {r['fps']:.2f} | {r['encoder_calls_per_frame']['sam']:.1f} | {r['peak_host_mb']:.0f} | {r['peak_device_mb']:.0f} |")
+                     + f" | {r['fps']:.2f} | {r['encoder_calls_per_frame']['sam']:.1f}"
+                     + f" | {r['peak_host_mb']:.0f} | {r['peak_device_mb']:.0f} |")
     lines += ["", "Ratios (from the runs above):", ""]
     by = dict(results)
     ours, naive = by.get("offline, ours"), by.get("offline, naive")
@@ -83,7 +85,8 @@ def render(results: list[tuple[str, dict]]) -> str:
         prompt = ours["stages_ms"].get("ppg", 0) + ours["stages_ms"].get("cps", 0)
         lines += [f"- offline: PPG + CPS = {prompt / enc:.1%} of the SAM encoder (target ≤ 15%)",
                   f"- offline: whole frame = {ours['stages_ms']['total'] / enc:.2f}× the SAM encoder (target ≤ 1.25×)",
-                  f"- offline: naive / ours = {naive['stages_ms']['total'] / ours['stages_ms']['total']:.2f}× per frame (target ≥ 2×)"]
+                  f"- offline: naive / ours = {naive['stages_ms']['total'] / ours['stages_ms']['total']:.2f}× "
+                  "per frame (target ≥ 2×)"]
     paper, paper_naive, paper4 = (by.get(k) for k in ("papers' profile, bf16, batch 1", "papers' profile, fp32, naive",
                                                        "papers' profile, bf16, batch 4"))
     if paper and paper_naive:

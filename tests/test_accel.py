@@ -17,12 +17,20 @@ import pytest
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from clipsam_ros.localize import build_localizer
-from clipsam_ros.models.accel import (AccelSettings, HostStager, SdpaSamAttention, channels_last_input,
-                                      maybe_compile, run_encoders, to_channels_last, use_sdpa)
-from clipsam_ros.models.sam import SamModel
-from clipsam_ros.inspector import Inspector
 from clipsam_ros.data.synth import generate_dataset, make_sample
+from clipsam_ros.inspector import Inspector
+from clipsam_ros.localize import build_localizer
+from clipsam_ros.models.accel import (
+    AccelSettings,
+    HostStager,
+    SdpaSamAttention,
+    channels_last_input,
+    maybe_compile,
+    run_encoders,
+    to_channels_last,
+    use_sdpa,
+)
+from clipsam_ros.models.sam import SamModel
 
 CPU = torch.device("cpu")
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -18,11 +18,25 @@ import torch
 from torch import nn
 
 from clipsam_ros.config import ClipConfig, LocalizerConfig
-from clipsam_ros.localize.clip_adapter import (AdapterMismatchError, AdapterMissingError, ClipAdapterLocalizer,
-                                               adapter_meta, load_adapter, make_heads, save_adapter)
+from clipsam_ros.localize.clip_adapter import (
+    AdapterMismatchError,
+    AdapterMissingError,
+    ClipAdapterLocalizer,
+    adapter_meta,
+    load_adapter,
+    make_heads,
+    save_adapter,
+)
 from clipsam_ros.localize.clip_zero_shot import ClipZeroShotLocalizer
-from clipsam_ros.models.clip import (ClipEncoder, ClipLoadError, _encode_text_trimmed, _vv_branch, build_clip,
-                                     interpolate_pos_embed, set_input_size)
+from clipsam_ros.models.clip import (
+    ClipEncoder,
+    ClipLoadError,
+    _encode_text_trimmed,
+    _vv_branch,
+    build_clip,
+    interpolate_pos_embed,
+    set_input_size,
+)
 
 MODEL = "ViT-B-32"
 SIZE = 192

@@ -3,8 +3,18 @@ from __future__ import annotations
 
 import pytest
 
-from clipsam_ros.config import (Config, ConfigError, apply, flatten, load, needs_reload, read_params_file,
-                                set_value, spec, specs)
+from clipsam_ros.config import (
+    Config,
+    ConfigError,
+    apply,
+    flatten,
+    load,
+    needs_reload,
+    read_params_file,
+    set_value,
+    spec,
+    specs,
+)
 from clipsam_ros.resources import config_path
 
 

@@ -11,13 +11,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import coarse_from_truth
 
 from clipsam_ros.config import RefinerConfig
+from clipsam_ros.data.synth import make_sample
 from clipsam_ros.refine.cps import refine_cps
 from clipsam_ros.refine.ppg import mask_box
-from clipsam_ros.data.synth import make_sample
-
-from conftest import coarse_from_truth
 
 PAPER = RefinerConfig()                       # the paper's cascade, our guards off
 

@@ -9,10 +9,10 @@ import pytest
 
 from clipsam_ros.config import Config, set_value
 from clipsam_ros.data.datasets import DatasetError, load_dataset, read_mask
-from clipsam_ros.imaging.files import read_rgb, resize_longest
+from clipsam_ros.data.synth import generate_dataset
 from clipsam_ros.eval.runner import pick_shots
 from clipsam_ros.eval.variants import PIPELINE, Variant, ablation_variants
-from clipsam_ros.data.synth import generate_dataset
+from clipsam_ros.imaging.files import read_rgb, resize_longest
 
 
 @pytest.fixture(scope="module")

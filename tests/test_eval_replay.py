@@ -18,11 +18,11 @@ import torch
 from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 
-from clipsam_ros.bags.replay import run_replay
+from clipsam_ros.bags.replay import good_dir_of, run_replay
 from clipsam_ros.bags.rosbag2 import Bag, BagError
 from clipsam_ros.cli.main import main
 from clipsam_ros.data.synth import make_sample, sample_seed
-from clipsam_ros.data.synth_bag import GT_TOPIC, IMAGE_TOPIC, good_dir_of, write_synth_bag
+from clipsam_ros.data.synth_bag import GT_TOPIC, IMAGE_TOPIC, write_synth_bag
 from clipsam_ros.eval.metrics import METRIC_KEYS
 from clipsam_ros.inspector import Inspector
 from clipsam_ros.localize import build_localizer

@@ -11,15 +11,14 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-
-from clipsam_ros.config import ConfigError, RefinerConfig, load
-from clipsam_ros.refine.mmr import LEVELS, level_weights, merge_levels, mmr_prompts, refine_mmr
-from clipsam_ros.refine.ppg import mask_box
-from clipsam_ros.data.synth import make_sample
-from clipsam_ros.timing import Stopwatch
-
 from conftest import coarse_from_truth
 from test_cps import RecordingSam
+
+from clipsam_ros.config import ConfigError, RefinerConfig, load
+from clipsam_ros.data.synth import make_sample
+from clipsam_ros.refine.mmr import LEVELS, level_weights, merge_levels, mmr_prompts, refine_mmr
+from clipsam_ros.refine.ppg import mask_box
+from clipsam_ros.timing import Stopwatch
 
 SIZE = (320, 240)
 # fuse_weight 0: the pixel scores are the merged SAM levels themselves

@@ -10,8 +10,14 @@ import torch
 
 from clipsam_ros.config import RefinerConfig
 from clipsam_ros.models.features import SamEmbedding
-from clipsam_ros.refine.ppg import (batch_points, extreme_regions, generate_prompts, ring_mask,
-                                    similarity_to_region, spaced_extremes)
+from clipsam_ros.refine.ppg import (
+    batch_points,
+    extreme_regions,
+    generate_prompts,
+    ring_mask,
+    similarity_to_region,
+    spaced_extremes,
+)
 
 H, W = 480, 640          # frame; SAM input 256 → resized 192×256, 64×64 grid, 48×64 valid cells
 CELL = 10                # frame pixels per embedding cell (4 input px × 2.5)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from clipsam_ros.models.features import SamEmbedding
 from clipsam_ros.localize.reference import MemoryBank, build_bank, distance_map, spatial_knn_distance
+from clipsam_ros.models.features import SamEmbedding
 
 
 def grid_of(vectors: torch.Tensor) -> torch.Tensor:

@@ -12,11 +12,10 @@ import dataclasses
 
 import numpy as np
 import pytest
-
-from clipsam_ros.refine.cps import refine_cps
-from clipsam_ros.data.synth import PRODUCTS, make_sample
-
 from conftest import coarse_from_truth
+
+from clipsam_ros.data.synth import PRODUCTS, make_sample
+from clipsam_ros.refine.cps import refine_cps
 
 pytestmark = pytest.mark.slow   # the real cascade over a synthetic test set
 

@@ -20,15 +20,22 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Bool, String  # noqa: E402
 
 from clipsam_ros.config import ConfigError, load  # noqa: E402
+from clipsam_ros.data.synth import make_sample  # noqa: E402
 from clipsam_ros.inspector import Inspector  # noqa: E402
 from clipsam_ros.ros.messages import diagnostic_level  # noqa: E402
 from clipsam_ros.ros.node import InspectorNode  # noqa: E402
 from clipsam_ros.ros.params import overrides_from_config  # noqa: E402
 from clipsam_ros.ros.stats import FrameStats  # noqa: E402
-from clipsam_ros.data.synth import make_sample  # noqa: E402
 
-from ros_helpers import (FRAME_SIZE, build_offline_inspector, image, inference_deadline,  # noqa: E402
-                         ros_fixture, verdicts_settled, wait_until)
+from ros_helpers import (  # noqa: E402
+    FRAME_SIZE,
+    build_offline_inspector,
+    image,
+    inference_deadline,
+    ros_fixture,
+    verdicts_settled,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow   # DDS: faults injected into a running node
 

@@ -31,7 +31,7 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from clipsam_ros.imaging.codec import _ENCODINGS, compressed_to_rgb, image_to_rgb  # noqa: E402
-from clipsam_ros.ros.messages import verdict_json  # noqa: E402
+from clipsam_ros.outputs.builder import verdict_json  # noqa: E402
 from clipsam_ros.ros.node import decode_frame  # noqa: E402
 
 pytestmark = pytest.mark.slow   # the long fuzz: ten thousand messages

@@ -20,8 +20,8 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from clipsam_ros.resources import config_path  # noqa: E402
 from clipsam_ros.data.synth import generate_dataset, make_sample  # noqa: E402
+from clipsam_ros.resources import config_path  # noqa: E402
 
 from ros_helpers import FRAME_SIZE, ROOT, NodeProcess, RosHarness, image, process_env, wait_until  # noqa: E402
 
@@ -64,7 +64,8 @@ def test_a_bad_weight_file_stops_start_up_with_one_line(case, words, tmp_path, r
     generate_dataset(tmp_path, n=2, seed=0, size=FRAME_SIZE, classes=["metal"])
     sets = _bad_weights(case, tmp_path, real_checkpoint) + [
         f"localizer.reference_dir={tmp_path / 'metal' / 'train' / 'good'}"]
-    done = subprocess.run(node_cmd(*sets), cwd=ROOT, env=process_env(DOMAIN_ID), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(node_cmd(*sets), cwd=ROOT, env=process_env(DOMAIN_ID), capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 1, done.stderr
     err = done.stderr.strip().splitlines()
     assert len(err) == 1, done.stderr

@@ -10,27 +10,21 @@ reliable QoS. The full run is `python benchmarks/soak.py --frames 5000` (docs/RE
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("rclpy")
 
+import soak_harness  # noqa: E402
 from ros_helpers import build_offline_inspector  # noqa: E402
 
 pytestmark = pytest.mark.slow   # DDS: the node soaked on loopback
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def soak():
-    spec = importlib.util.spec_from_file_location("soak", ROOT / "benchmarks" / "soak.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return soak_harness
 
 
 @pytest.fixture(scope="module")

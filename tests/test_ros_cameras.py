@@ -22,12 +22,21 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Bool, String  # noqa: E402
 
 from clipsam_ros.config import Config  # noqa: E402
+from clipsam_ros.data.synth import make_sample  # noqa: E402
 from clipsam_ros.ros.node import InspectorNode  # noqa: E402
 from clipsam_ros.ros.params import overrides_from_config  # noqa: E402
-from clipsam_ros.data.synth import make_sample  # noqa: E402
 
-from ros_helpers import (FRAME_SIZE, SlowFakeInspector, build_offline_inspector, image, pixels,  # noqa: E402
-                         raw_image, ros_fixture, sharing, wait_until)
+from ros_helpers import (  # noqa: E402
+    FRAME_SIZE,
+    SlowFakeInspector,
+    build_offline_inspector,
+    image,
+    pixels,
+    raw_image,
+    ros_fixture,
+    sharing,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow   # DDS: two cameras on loopback
 

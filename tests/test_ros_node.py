@@ -20,14 +20,26 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Bool, String  # noqa: E402
 
 from clipsam_ros.config import ConfigError  # noqa: E402
-from clipsam_ros.ros.node import InspectorNode  # noqa: E402
-from clipsam_ros.ros.params import overrides_from_config, param_specs  # noqa: E402
 from clipsam_ros.data.synth import make_sample  # noqa: E402
 from clipsam_ros.imaging.overlay import VERDICT_COLOURS  # noqa: E402
+from clipsam_ros.ros.node import InspectorNode  # noqa: E402
+from clipsam_ros.ros.params import overrides_from_config, param_specs  # noqa: E402
 
-from ros_helpers import (FRAME_SIZE, RosHarness, build_offline_inspector, header, image,  # noqa: E402
-                         inference_deadline, pixels, raw_image, ros_fixture, sharing, stamp,
-                         verdicts_settled, wait_until)
+from ros_helpers import (  # noqa: E402
+    FRAME_SIZE,
+    RosHarness,
+    build_offline_inspector,
+    header,
+    image,
+    inference_deadline,
+    pixels,
+    raw_image,
+    ros_fixture,
+    sharing,
+    stamp,
+    verdicts_settled,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow   # DDS: the node on loopback
 

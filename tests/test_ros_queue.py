@@ -59,7 +59,7 @@ def burst_while_busy(node, pub, n: int, gate: threading.Event) -> None:
     wait_until(lambda: fake.started == 1, 10, "frame 1 in inference")
     for sec in range(2, n + 1):
         pub.publish(image(FRAME, sec))
-        wait_until(lambda: node.stats.snapshot().received == sec, 10, f"frame {sec} received")
+        wait_until(lambda n=sec: node.stats.snapshot().received == n, 10, f"frame {sec} received")
     gate.set()
 
 

@@ -14,8 +14,8 @@ rclpy = pytest.importorskip("rclpy")
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from clipsam_ros.resources import config_path  # noqa: E402
 from clipsam_ros.data.synth import generate_dataset, make_sample  # noqa: E402
+from clipsam_ros.resources import config_path  # noqa: E402
 
 from ros_helpers import FRAME_SIZE, ROOT, NodeProcess, RosHarness, image, process_env, wait_until  # noqa: E402
 
@@ -57,8 +57,9 @@ def test_a_bad_config_is_one_line_and_exit_1_before_ros_starts(capsys):
     assert main(["node", "--set", "refiner.threshold=2"]) == 1               # clipsam-ros node
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "refiner.threshold" in err[0] and "out of range" in err[0], err
+    # clipsam_inspector, the ros2 run / ros2 launch entry point
     done = subprocess.run([sys.executable, "-m", "clipsam_ros.ros.node", "--set", "refiner.threshold=2"],
-                          cwd=ROOT, env=process_env(DOMAIN_ID), capture_output=True, text=True, timeout=120)   # clipsam_inspector
+                          cwd=ROOT, env=process_env(DOMAIN_ID), capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr
     err = done.stderr.strip().splitlines()
     assert len(err) == 1 and "refiner.threshold" in err[0] and "out of range" in err[0], done.stderr

@@ -15,16 +15,16 @@ import torch
 
 from clipsam_ros.config import load
 from clipsam_ros.data.datasets import read_mask
-from clipsam_ros.imaging.files import read_rgb
-from clipsam_ros.eval.metrics import compute_metrics
-from clipsam_ros.localize.clip_adapter import ClipAdapterLocalizer, load_adapter
-from clipsam_ros.localize import build_heads_clip, build_localizer
-from clipsam_ros.localize.umci import UmciLocalizer, load_umci
-from clipsam_ros.inspector import Inspector
-from clipsam_ros.resources import config_path
 from clipsam_ros.data.synth import generate_dataset, make_sample
-from clipsam_ros.train.trainer import adam_path, fresh_heads, read_metadata, train
+from clipsam_ros.eval.metrics import compute_metrics
+from clipsam_ros.imaging.files import read_rgb
+from clipsam_ros.inspector import Inspector
+from clipsam_ros.localize import build_heads_clip, build_localizer
+from clipsam_ros.localize.clip_adapter import ClipAdapterLocalizer, load_adapter
+from clipsam_ros.localize.umci import UmciLocalizer, load_umci
+from clipsam_ros.resources import config_path
 from clipsam_ros.train.data import TokenSource, training_samples
+from clipsam_ros.train.trainer import adam_path, fresh_heads, read_metadata, train
 
 FEW_TEMPLATES = ("a photo of a {}.", "a cropped photo of the {}.")
 SIZE = (320, 240)

@@ -13,12 +13,27 @@ import pytest
 import torch
 
 from clipsam_ros.config import ConfigError, load
-from clipsam_ros.localize.clip_adapter import (AdapterMismatchError, AdapterMissingError, adapter_meta,
-                                               head_probabilities, make_heads, save_adapter)
-from clipsam_ros.localize import build_heads_clip, build_localizer
-from clipsam_ros.localize.umci import (UMCI_FORMAT, UmciBlock, UmciHeads, UmciLocalizer, checkpoint_method,
-                                       load_umci, make_umci, save_umci, umci_meta)
 from clipsam_ros.data.synth import make_sample
+from clipsam_ros.localize import build_heads_clip, build_localizer
+from clipsam_ros.localize.clip_adapter import (
+    AdapterMismatchError,
+    AdapterMissingError,
+    adapter_meta,
+    head_probabilities,
+    make_heads,
+    save_adapter,
+)
+from clipsam_ros.localize.umci import (
+    UMCI_FORMAT,
+    UmciBlock,
+    UmciHeads,
+    UmciLocalizer,
+    checkpoint_method,
+    load_umci,
+    make_umci,
+    save_umci,
+    umci_meta,
+)
 
 FEW_TEMPLATES = ("a photo of a {}.", "a cropped photo of the {}.")
 CLIP_SETS = ["clip.model=ViT-B-32", "clip.pretrained=none", "clip.image_size=160", "clip.layers=[3,6,9,12]",

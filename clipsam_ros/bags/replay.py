@@ -40,12 +40,13 @@ from tqdm import tqdm
 from ..config import Config, ConfigError, to_dict
 from ..decision import Verdict
 from ..errors import one_line
-from ..eval.metrics import METRIC_KEYS, MetricAccumulator
+from ..eval.metrics import METRIC_KEYS, MetricAccumulator, iou
 from ..imaging.codec import compressed_to_rgb, image_to_rgb
 from ..outputs.builder import frame_messages, make_header, stamp_ns
 from ..outputs.message_types import from_typestore
 from ..outputs.topics import OUTPUT_TOPICS, recorded_topic
 from ..outputs.vision_msgs_defs import bag_typestore
+from ..timing import percentile
 from .rosbag2 import Bag, BagError, BagWriter, RawMessage
 
 log = logging.getLogger(__name__)
@@ -131,8 +132,7 @@ class GroundTruthPairs:
             h, w = pending.pixel_scores.shape
             truth = cv2.resize(truth.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
         self.acc.add(pending.pixel_scores, truth, record.score, bool(truth.any()))
-        union = np.logical_or(pending.mask, truth).sum()
-        record.iou = 1.0 if union == 0 else float(np.logical_and(pending.mask, truth).sum() / union)
+        record.iou = iou(pending.mask, truth)
         record.gt = "matched"
         self.paired += 1
 
@@ -158,24 +158,28 @@ def _reference_hint(cfg: Config, bag_path: Path) -> None:
     loc = cfg.localizer
     if loc.method != "reference" or loc.reference_dir or loc.bank:
         return
-    from ..data.synth_bag import good_dir_of
-
     good = good_dir_of(bag_path)
     hint = f" (synth --bag wrote {good})" if good.is_dir() else ""
     raise ConfigError(f"localizer.method=reference needs normal images: pass --set "
                       f"localizer.reference_dir=DIR{hint} or --set localizer.bank=FILE")
 
 
-def _percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"p50": None, "p95": None, "max": None}
-    arr = np.asarray(values)
-    return {"p50": round(float(np.percentile(arr, 50)), 2), "p95": round(float(np.percentile(arr, 95)), 2),
-            "max": round(float(arr.max()), 2)}
+def good_dir_of(bag: str | Path) -> Path:
+    """The folder of normal parts that goes with a recording, by convention `BAG_good/`
+    (`clipsam-ros synth --bag` writes one): named in the hint when the reference localizer
+    has nothing to learn from."""
+    bag = Path(bag)
+    return bag.with_name(bag.name + "_good")
 
 
-def _json_number(value: float):
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else round(float(value), 6)
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    return {"p50": _json_number(percentile(values, 50), 2), "p95": _json_number(percentile(values, 95), 2),
+            "max": _json_number(max(values) if values else None, 2)}
+
+
+def _json_number(value: float | None, digits: int = 6) -> float | None:
+    """A number for report.json: rounded, or null where there is none (NaN)."""
+    return None if value is None or math.isnan(value) else round(float(value), digits)
 
 
 @dataclass

@@ -21,8 +21,8 @@ from typing import Iterable, Iterator
 
 from rosbags.typesys.store import Typestore
 
-from ..outputs.vision_msgs_defs import bag_typestore
 from ..errors import ClipsamError, one_line
+from ..outputs.vision_msgs_defs import bag_typestore
 
 STORAGE_SUFFIXES = (".mcap", ".db3")
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
+from ..bags.replay import good_dir_of
 from ..bags.rosbag2 import BagWriter
 from ..outputs.builder import image_msg, make_header
 from ..outputs.message_types import from_typestore
@@ -40,12 +41,6 @@ class SynthBag:
     good_dir: Path
     frames: int
     defective: int
-
-
-def good_dir_of(bag: str | Path) -> Path:
-    """Where `write_synth_bag` puts the normal parts for the reference bank."""
-    bag = Path(bag)
-    return bag.with_name(bag.name + "_good")
 
 
 def frame_defect(product: str, index: int) -> str | None:

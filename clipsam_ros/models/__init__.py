@@ -1,1 +1,8 @@
-"""Model wrappers and their weight files."""
+"""The networks: built from their weight files, run once per frame, counted.
+
+    sam.py       SAM (vit_h/l/b, LiteMedSAM): encode once per frame, batched prompt decoding
+    clip.py      open_clip image/text encoders with the patch-token paths the localizers read
+    features.py  what the encoders produce for one frame (SamEmbedding, ClipFeatures)
+    weights.py   weight files: local or downloaded once, sha256-checked, cached
+    accel.py     speed switches: precision, SDPA, channels-last, pinned copies, compile, CUDA streams
+"""

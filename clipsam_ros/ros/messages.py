@@ -13,7 +13,6 @@ from builtin_interfaces.msg import Time
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, Header, String
 
-from ..outputs.builder import verdict_json  # noqa: F401 - re-exported: tests import it from here
 from ..outputs.message_types import MessageTypes
 from ..outputs.vision_msgs import VisionTypes
 from .stats import ERROR_KINDS, Snapshot

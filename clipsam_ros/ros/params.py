@@ -18,7 +18,8 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.parameter import Parameter
 
-from ..config import Config, ConfigError, KeySpec, flatten, set_value, spec as key_spec
+from ..config import Config, ConfigError, KeySpec, flatten, set_value
+from ..config import spec as key_spec
 from ..errors import one_line
 
 _TYPE_NAMES = {ParameterType.PARAMETER_BOOL: "bool", ParameterType.PARAMETER_INTEGER: "integer",
