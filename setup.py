@@ -28,6 +28,10 @@ setup(
         "pyyaml>=6",
         "tqdm>=4.60",
         "safetensors>=0.4",
+        # runtime.backend: the SAM encoder exported to ONNX and run by these (docs/SPEED.md, "Backends")
+        "onnx>=1.15",
+        "onnxruntime>=1.17",
+        "openvino>=2024.0",
     ],
     extras_require={
         # ROS 2 Jazzy as PyPI wheels, for machines without a ROS install

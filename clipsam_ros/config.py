@@ -140,6 +140,12 @@ class RuntimeConfig:
                              reload=True)
     pinned_memory: bool = key(True, "cuda: page-locked host buffers and non-blocking copies to the device",
                               reload=True)
+    # where the heavy networks run (docs/SPEED.md, "Backends"); every one gives torch fp32's numbers
+    backend: str = key("auto", "SAM image encoder runtime: auto (fastest installed and exact enough here: openvino "
+                       "on the cpu, torch on cuda) | torch | onnxruntime | openvino | tensorrt (cuda)",
+                       choices=("auto", "torch", "onnxruntime", "openvino", "tensorrt"), reload=True)
+    export_dir: str = key("", "exported graphs from `clipsam-ros export`; empty = export on first use into "
+                          "weights.cache_dir", reload=True)
 
 
 @dataclass
@@ -271,7 +277,8 @@ class InputConfig:
 class Config:
     device: str = key("auto", "compute device: auto picks cuda when available", choices=("auto", "cpu", "cuda"),
                       reload=True)
-    precision: str = key("fp32", "encoder precision on cuda (cpu always runs fp32)",
+    precision: str = key("fp32", "encoder precision: fp16/bf16 on cuda; bf16 on a BF16 cpu through openvino "
+                         "(torch on the cpu runs fp32)",
                          choices=("fp32", "fp16", "bf16"), reload=True)
     compile: bool = key(
         False, "torch.compile the image encoders (first frames slow while it compiles; warm-up absorbs them)",

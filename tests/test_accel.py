@@ -126,7 +126,7 @@ def test_sam_model_with_every_switch_gives_the_plain_embedding():
     assert got.features.is_contiguous() and fast.encoder_calls == 1 and fast.images_encoded == 1
     assert torch.allclose(got.features, want, atol=1e-5, rtol=1e-5)
     # the compiled encoder is a separate handle: the network and its state dict keep their names
-    assert fast._image_encoder is not fast.sam.image_encoder
+    assert fast.encoder_net.module is not fast.sam.image_encoder
     assert fast.sam.state_dict().keys() == plain.sam.state_dict().keys()
 
 

@@ -5,4 +5,6 @@
     features.py  what the encoders produce for one frame (SamEmbedding, ClipFeatures)
     weights.py   weight files: local or downloaded once, sha256-checked, cached
     accel.py     speed switches: precision, SDPA, channels-last, pinned copies, compile, CUDA streams
+    backends.py  runtime.backend: CompiledNet protocol + BACKENDS registry (onnxruntime, openvino, tensorrt)
+    export.py    ONNX export with a sha256 manifest, cached in weights.cache_dir or loaded from export_dir
 """

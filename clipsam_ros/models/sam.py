@@ -23,17 +23,11 @@ from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTra
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from ..config import Config
-from .accel import (
-    AccelSettings,
-    HostStager,
-    channels_last_input,
-    encoder_autocast,
-    maybe_compile,
-    to_channels_last,
-    use_sdpa,
-)
+from .accel import AccelSettings, HostStager, maybe_compile, to_channels_last, use_sdpa
+from .backends import BACKENDS, TORCH, CompiledNet, TorchNet, resolve_backend
+from .export import ExportSpec, ensure_export
 from .features import SamEmbedding
-from .weights import SAM_URLS, WeightError, resolve_weight
+from .weights import SAM_URLS, WeightError, resolve_weight, sha256_of
 
 
 @dataclass
@@ -104,7 +98,26 @@ def build_sam(cfg: Config, device: torch.device) -> "SamModel":
         raise WeightError(f"sam.checkpoint: {path} does not fit sam.variant={cfg.sam.variant} "
                           f"(wrong variant or not a SAM checkpoint); fix one of the two") from None
     sam.eval().requires_grad_(False).to(device)
-    return SamModel(sam, cfg.sam.variant, device, cfg.precision, AccelSettings.from_config(cfg, device))
+    # before any export: a backend that cannot run here is a one-line refusal, not a slow start
+    choice = resolve_backend(cfg.runtime.backend, cfg.precision, device)
+    model = SamModel(sam, cfg.sam.variant, device, cfg.precision, AccelSettings.from_config(cfg, device))
+    if choice.backend != TORCH:
+        onnx = ensure_export(sam_encoder_export_spec(model, path, cfg), cfg.runtime.export_dir,
+                             cfg.weights.cache_dir)
+        model.encoder_net = BACKENDS[choice.backend].load(onnx, device, choice.precision)
+        model.precision = choice.precision
+    return model
+
+
+def sam_encoder_export_spec(model: "SamModel", weights: Path, cfg: Config) -> ExportSpec:
+    """The SAM image encoder as exported: one preprocessed frame (1, 3, S, S) -> (1, 256, G, G).
+
+    Batch 1: TinyViT's traced reshapes fix the batch, so several cameras run one call each
+    (counted as such in `encoder_calls`)."""
+    sample = torch.zeros(1, 3, model.img_size, model.img_size, device=model.device)
+    return ExportSpec(network=f"sam_image_encoder_{cfg.sam.variant}", module=model.sam.image_encoder,
+                      sample=sample, source_sha256=sha256_of(weights),
+                      config={"sam.variant": cfg.sam.variant, "runtime.sdpa": cfg.runtime.sdpa})
 
 
 class SamModel:
@@ -129,8 +142,10 @@ class SamModel:
             to_channels_last(sam.mask_decoder.output_upscaling)
         self._dense_pe: torch.Tensor | None = None   # the image positional encoding, fixed
         self._stager = HostStager(device, accel.pinned_memory)
-        # compiled separately from `sam`, so its module tree and state dict keep their names
-        self._image_encoder = maybe_compile(sam.image_encoder, accel.compile)
+        # compiled separately from `sam`, so its module tree and state dict keep their names;
+        # build_sam swaps in an exported network when runtime.backend says so
+        self.encoder_net: CompiledNet = TorchNet(maybe_compile(sam.image_encoder, accel.compile), precision,
+                                                 device, accel.channels_last)
 
     def _prepare(self, image_rgb: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """Resize the long side to img_size, normalise, pad to the square: (1, 3, S, S)."""
@@ -148,10 +163,13 @@ class SamModel:
         """One image-encoder pass for several frames (e.g. one per camera); sizes may differ,
         since every frame is padded to the same square."""
         prepared = [self._prepare(image) for image in images_rgb]
-        pixels = channels_last_input(torch.cat([x for x, _ in prepared]), self.accel.channels_last)
-        with encoder_autocast(self.precision, self.device):
-            features = self._image_encoder(pixels)
-        self.encoder_calls += 1
+        pixels = torch.cat([x for x, _ in prepared])
+        net = self.encoder_net
+        step = net.max_batch or len(pixels)
+        # a graph with a fixed batch runs once per frame: each of those passes is counted
+        chunks = [net(pixels[i:i + step]) for i in range(0, len(pixels), step)]
+        features = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+        self.encoder_calls += len(chunks)
         self.images_encoded += len(images_rgb)
         # .contiguous(): channels-last outputs back to the layout every consumer expects
         return [SamEmbedding(features=features[i:i + 1].float().contiguous(), original_size=image.shape[:2],

@@ -1,0 +1,242 @@
+"""Runtimes for an exported network: one Protocol, one registry, no if/elif over names.
+
+A `CompiledNet` takes a float32 batch (torch tensor) and returns a torch tensor on the
+model's device. `BACKENDS` maps each `runtime.backend` name to a `Backend`, which says
+whether it can run on a device (and why not, in one line), which precisions it offers
+there, and how to load an exported ONNX file. `torch` is not in the registry: it runs
+the module itself (today's eager path, channels-last and all) and needs no export.
+
+`resolve_backend` turns `runtime.backend` + `precision` into what runs: `auto` is the
+first entry of `AUTO_ORDER` that is installed and offers the precision on the device.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+
+from ..errors import ClipsamError
+
+
+class BackendError(ClipsamError, RuntimeError):
+    """A backend that cannot run here or with this precision; one line naming the key and the fix."""
+
+
+class CompiledNet(Protocol):
+    """A compiled network: a float32 batch in, a torch tensor out (on the model's device)."""
+
+    name: str              # backend name, for reports
+    max_batch: int | None  # frames one call takes; None = any number
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    # "" when it can run on the device, else why not (a phrase)
+    unavailable: Callable[[torch.device], str]
+    # precisions it computes in on the device, each checked against torch fp32 by
+    # tests/test_backends.py (mask IoU >= 0.99, same verdicts): only those are offered
+    precisions: Callable[[torch.device], tuple[str, ...]]
+    load: Callable[[Path, torch.device, str], CompiledNet]
+
+
+# ---------------------------------------------------------------- torch (today's path)
+
+class TorchNet:
+    """The module itself, eager (or torch.compile'd): channels-last input and autocast as
+    the speed switches say. Any batch."""
+
+    name = "torch"
+    max_batch = None
+
+    def __init__(self, module: Callable[[torch.Tensor], torch.Tensor], precision: str, device: torch.device,
+                 channels_last: bool):
+        self.module, self.precision, self.device, self.channels_last = module, precision, device, channels_last
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        from .accel import channels_last_input, encoder_autocast
+
+        with encoder_autocast(self.precision, self.device):
+            return self.module(channels_last_input(x, self.channels_last))
+
+
+# ---------------------------------------------------------------- ONNX Runtime
+
+class OrtNet:
+    def __init__(self, path: Path, providers: list, name: str, device: torch.device):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3      # its warnings about unused initialisers are noise
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.input = self.session.get_inputs()[0].name
+        self.name, self.device = name, device
+        self.max_batch = _static_batch(self.session.get_inputs()[0].shape)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input: _numpy(x)})[0]
+        return torch.from_numpy(out).to(self.device)
+
+
+def _ort_unavailable(device: torch.device) -> str:
+    if importlib.util.find_spec("onnxruntime") is None:
+        return "onnxruntime is not installed (pip install onnxruntime)"
+    if device.type == "cuda" and "CUDAExecutionProvider" not in _ort_providers():
+        return "this onnxruntime has no CUDA execution provider (pip install onnxruntime-gpu)"
+    return ""
+
+
+def _ort_load(path: Path, device: torch.device, precision: str) -> CompiledNet:
+    providers = (["CUDAExecutionProvider"] if device.type == "cuda" else []) + ["CPUExecutionProvider"]
+    return OrtNet(path, providers, "onnxruntime", device)
+
+
+def _trt_unavailable(device: torch.device) -> str:
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return "TensorRT needs a CUDA device (set device: cuda on a GPU machine, or another backend)"
+    if importlib.util.find_spec("onnxruntime") is None or "TensorrtExecutionProvider" not in _ort_providers():
+        return "onnxruntime has no TensorRT execution provider (install onnxruntime-gpu and TensorRT)"
+    return ""
+
+
+def _trt_load(path: Path, device: torch.device, precision: str) -> CompiledNet:
+    # engines are built once and cached next to the exported graph, like the export itself
+    trt = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(path.parent),
+           "trt_fp16_enable": precision == "fp16", "trt_bf16_enable": precision == "bf16"}
+    return OrtNet(path, [("TensorrtExecutionProvider", trt), "CUDAExecutionProvider", "CPUExecutionProvider"],
+                  "tensorrt", device)
+
+
+@lru_cache(maxsize=1)
+def _ort_providers() -> tuple[str, ...]:
+    import onnxruntime as ort
+
+    return tuple(ort.get_available_providers())
+
+
+# ---------------------------------------------------------------- OpenVINO
+
+_OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+
+
+class OpenVinoNet:
+    def __init__(self, path: Path, precision: str, device: torch.device):
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(str(path))
+        self.compiled = core.compile_model(model, "CPU", {
+            # explicit: OpenVINO's default on a BF16 CPU is bf16, which changes numbers silently
+            "INFERENCE_PRECISION_HINT": _OV_PRECISION[precision],
+            "PERFORMANCE_HINT": "LATENCY",
+        })
+        self.request = self.compiled.create_infer_request()
+        self.name, self.device = "openvino", device
+        self.max_batch = _static_batch([d.get_length() if d.is_static else None
+                                        for d in model.inputs[0].get_partial_shape()])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.request.infer({0: _numpy(x)})[0]
+        # the request reuses its output buffer on the next call: copy it out
+        return torch.from_numpy(np.array(out, copy=True)).to(self.device)
+
+
+def _ov_unavailable(device: torch.device) -> str:
+    if importlib.util.find_spec("openvino") is None:
+        return "openvino is not installed (pip install openvino)"
+    if device.type != "cpu":
+        return "this build runs OpenVINO on the CPU only (set device: cpu, or another backend)"
+    return ""
+
+
+def _ov_precisions(device: torch.device) -> tuple[str, ...]:
+    return ("fp32", "bf16") if cpu_has_bf16() else ("fp32",)
+
+
+@lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """Whether OpenVINO can compute in bf16 on this CPU (AVX-512-BF16 or AMX)."""
+    try:
+        import openvino as ov
+
+        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:   # no openvino, no CPU plugin: then no bf16 through it
+        return False
+
+
+# ---------------------------------------------------------------- the registry
+
+def _fp32_only(device: torch.device) -> tuple[str, ...]:
+    return ("fp32",)
+
+
+def _gpu_half(device: torch.device) -> tuple[str, ...]:
+    return ("fp32", "fp16", "bf16") if device.type == "cuda" else ("fp32",)
+
+
+BACKENDS: dict[str, Backend] = {
+    "onnxruntime": Backend("onnxruntime", _ort_unavailable, _fp32_only, _ort_load),
+    "openvino": Backend("openvino", _ov_unavailable, _ov_precisions,
+                        lambda path, device, precision: OpenVinoNet(path, precision, device)),
+    "tensorrt": Backend("tensorrt", _trt_unavailable, _gpu_half, _trt_load),
+}
+TORCH = "torch"
+BACKEND_NAMES = ("auto", TORCH, *BACKENDS)
+# fastest first, per device type (docs/SPEED.md); torch is the fallback that is always there
+AUTO_ORDER: dict[str, tuple[str, ...]] = {
+    "cpu": ("openvino", "onnxruntime"),
+    # torch bf16 on CUDA is today's measured path; TensorRT is opt-in until measured on a GPU
+    "cuda": (),
+}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What runs: a backend name (`torch` or a key of BACKENDS) and its precision."""
+
+    backend: str
+    precision: str
+
+
+def resolve_backend(requested: str, precision: str, device: torch.device) -> Choice:
+    """`runtime.backend` + `precision` on `device` -> the backend that runs; one-line errors."""
+    device = torch.device(device)
+    if requested == TORCH:
+        return Choice(TORCH, precision)
+    if requested == "auto":
+        for name in AUTO_ORDER.get(device.type, ()):
+            backend = BACKENDS[name]
+            if not backend.unavailable(device) and precision in backend.precisions(device):
+                return Choice(name, precision)
+        return Choice(TORCH, precision)
+    backend = BACKENDS.get(requested)
+    if backend is None:
+        raise BackendError(f"runtime.backend={requested!r} is unknown; use one of {', '.join(BACKEND_NAMES)}")
+    why = backend.unavailable(device)
+    if why:
+        raise BackendError(f"runtime.backend={requested}: {why}")
+    offered = backend.precisions(device)
+    if precision not in offered:
+        raise BackendError(f"precision={precision} with runtime.backend={requested} on {device.type}: not offered "
+                           f"here (offered: {', '.join(offered)}; bf16 needs a CPU with AVX-512-BF16/AMX "
+                           f"through openvino); set precision: fp32")
+    return Choice(requested, precision)
+
+
+def _numpy(x: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+
+
+def _static_batch(shape: list) -> int | None:
+    """The batch a graph is fixed to, or None when its first dimension is dynamic."""
+    first = shape[0] if shape else None
+    # ONNX Runtime names a dynamic dimension ("batch"), OpenVINO's comes here as None
+    return first if isinstance(first, int) and first > 0 else None
