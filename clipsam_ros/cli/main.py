@@ -24,6 +24,7 @@ COMMAND_MODULES: list[str] = [
     "clipsam_ros.cli.eval",
     "clipsam_ros.cli.train",
     "clipsam_ros.cli.bench",
+    "clipsam_ros.cli.export",
 ]
 
 

