@@ -12,6 +12,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     cfg = load_config(args, "offline.yaml")
     width, height = (int(v) for v in args.size.lower().split("x"))
+    if args.backends:
+        return _bench_backends(args, cfg, (width, height))
     report = run_bench(cfg, frames=args.frames, warmup=args.warmup, batch=args.batch, naive=args.naive,
                        size=(width, height))
     if args.json:
@@ -19,6 +21,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print()
     else:
         print_report(report)
+    return 0
+
+
+def _bench_backends(args: argparse.Namespace, cfg, size: tuple[int, int]) -> int:
+    from ..config import ConfigError, spec
+    from ..eval.bench import print_backends_report, run_bench_backends
+
+    names = [n.strip() for n in args.backends.split(",") if n.strip()]
+    choices = spec("runtime.backend").choices or ()
+    bad = [n for n in names if n not in choices]
+    if bad or not names:
+        raise ConfigError(f"--backends {args.backends!r}: {bad[0] if bad else 'nothing'} is not a backend; "
+                          f"use a comma list of {', '.join(choices)} (the first is the base of the speed-ups)")
+    if args.naive or args.batch != 1:
+        raise ConfigError("--backends runs one frame at a time the default way; drop --naive and --batch")
+    report = run_bench_backends(cfg, names, frames=args.frames, warmup=args.warmup, size=size)
+    if args.json:
+        json.dump(report, sys.stdout)
+        print()
+    else:
+        print_backends_report(report)
     return 0
 
 
@@ -35,4 +58,7 @@ def register(sub) -> None:
                         "predictor does")
     p.add_argument("--size", default="640x480", help="frame size WxH (default 640x480)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--backends", default="", metavar="A,B,...",
+                   help="the same frames through each runtime.backend side by side (e.g. torch,onnxruntime,"
+                        "openvino); speed-ups over the first")
     p.set_defaults(func=cmd_bench)

@@ -159,3 +159,110 @@ def print_report(report: dict) -> None:
           f"peak host {report['peak_host_mb']:.0f} MB, device {report['peak_device_mb']:.0f} MB")
     print(f"warm-up {report['warmup_frames']} frame(s) in {report['warmup_s']:.1f} s; "
           f"first measured frame {report['first_frame_ms']:.0f} ms")
+
+
+# ---------------------------------------------------------------- backends side by side
+
+def run_bench_backends(cfg: Config, backends: list[str], frames: int = 20, warmup: int = 2,
+                       size: tuple[int, int] = (640, 480)) -> dict:
+    """The same frames through one Inspector per `runtime.backend`, in one process.
+
+    Frames are interleaved (frame i on every backend, then frame i+1), so a noisy shared
+    machine slows every backend alike and the ratios hold. `startup_s` is the Inspector's
+    build (weights, export or its cache, compiling the runtime, the reference bank);
+    `model_mb` the resident memory it added; `peak_host_mb` the peak while its frames ran."""
+    from ..inspector import Inspector
+
+    inspectors, reports = {}, {}
+    for name in backends:
+        one = copy.deepcopy(cfg)
+        one.runtime.backend = name
+        rss = _rss_mb()
+        start = time.perf_counter()
+        inspectors[name] = Inspector.from_config(one, progress=False, references=bench_references(one, size))
+        startup_s = time.perf_counter() - start
+        warmup_s = inspectors[name].warm_up(frames=warmup, size=(size[1], size[0]))
+        reports[name] = {"backend": inspectors[name].sam.encoder_net.name, "precision": inspectors[name].sam.precision,
+                         "startup_s": round(startup_s, 2), "warmup_s": round(warmup_s, 2),
+                         "model_mb": round(_rss_mb() - rss, 1)}
+    data = bench_frames(frames, size)
+    per_stage: dict[str, dict[str, list[float]]] = {name: {} for name in backends}
+    calls = {name: 0 for name in backends}
+    peaks = {name: 0.0 for name in backends}
+    verdicts: dict[str, list[str]] = {name: [] for name in backends}
+    for png in data:
+        image = cv2.cvtColor(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        for name, inspector in inspectors.items():
+            _reset_peak_rss()
+            result = inspector.inspect(image)
+            peaks[name] = max(peaks[name], _peak_rss_mb())
+            if result.verdict == Verdict.ERROR:
+                raise RuntimeError(f"bench frame failed on {name}: {result.error}")
+            for stage, ms in result.timings_ms.items():
+                per_stage[name].setdefault(stage, []).append(ms)
+            calls[name] += result.encoder_calls.get("sam", 0)
+            verdicts[name].append(str(result.verdict))
+    base = backends[0]
+    for name in backends:
+        stages = {s: round(percentile(v, 50), 2) for s, v in per_stage[name].items()}
+        base_stages = {s: percentile(v, 50) for s, v in per_stage[base].items()}
+        reports[name].update({
+            "stages_ms": stages,
+            "p95_ms": {s: round(percentile(v, 95), 2) for s, v in per_stage[name].items()},
+            "speedup": {s: round(base_stages[s] / stages[s], 2) for s in ("sam_encoder", "total")
+                        if s in stages and stages[s] > 0},
+            "sam_encoder_calls_per_frame": round(calls[name] / frames, 2),
+            "verdicts_as_" + base: sum(a == b for a, b in zip(verdicts[name], verdicts[base])),
+            "peak_host_mb": round(peaks[name], 1),
+        })
+    return {"base": base, "frames": frames, "frame_size": list(size), "torch": torch.__version__,
+            "device": f"cpu ({torch.get_num_threads()} threads)" if cfg.device != "cuda" else "cuda",
+            "backends": reports}
+
+
+def print_backends_report(report: dict) -> None:
+    names = list(report["backends"])
+    stages = [s for s in STAGES if any(s in r["stages_ms"] for r in report["backends"].values())]
+    print(f"{'stage p50 ms':<16}" + "".join(f"{n:>14}" for n in names))
+    for stage in stages:
+        cells = (report["backends"][n]["stages_ms"].get(stage) for n in names)
+        print(f"{stage:<16}" + "".join(f"{c:>14.1f}" if c is not None else f"{'–':>14}" for c in cells))
+    rows = [("speed-up total", lambda r: f"{r['speedup'].get('total', 0):.2f}x"),
+            ("speed-up encoder", lambda r: f"{r['speedup'].get('sam_encoder', 0):.2f}x"),
+            ("SAM passes/frame", lambda r: f"{r['sam_encoder_calls_per_frame']:.2f}"),
+            ("same verdicts", lambda r: f"{r['verdicts_as_' + report['base']]}/{report['frames']}"),
+            ("start-up s", lambda r: f"{r['startup_s']:.1f}"),
+            ("model MB", lambda r: f"{r['model_mb']:.0f}"),
+            ("peak host MB", lambda r: f"{r['peak_host_mb']:.0f}")]
+    for label, cell in rows:
+        print(f"{label:<16}" + "".join(f"{cell(report['backends'][n]):>14}" for n in names))
+    print(f"{report['frames']} frames {report['frame_size'][0]}x{report['frame_size'][1]}, interleaved, "
+          f"on {report['device']}; speed-ups over {report['base']}")
+
+
+def _rss_mb() -> float:
+    return _status_mb("VmRSS")
+
+
+def _peak_rss_mb() -> float:
+    return _status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_peak_rss() -> None:
+    # Linux: "5" resets the peak resident set size, so each backend's frame has its own peak
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _status_mb(field: str) -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
