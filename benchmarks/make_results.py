@@ -33,6 +33,7 @@ def bench(args: list[str]) -> dict:
 def runs(gpu: bool, frames: int) -> list[tuple[str, dict]]:
     common = ["--frames", str(frames)]
     out = [("offline, ours", bench(common)), ("offline, naive", bench(common + ["--naive"])),
+           ("offline, backends", bench(common + ["--backends", "torch,onnxruntime,openvino"])),
            ("offline, ours, batch 2 (two cameras)", bench(common + ["--batch", "2"]))]
     if gpu:
         paper = ["--config", "config/inspect.yaml", "--set", "clip.pretrained=none",
@@ -72,6 +73,8 @@ def render(results: list[tuple[str, dict]]) -> str:
         + " | frames/s | SAM enc./frame | peak host MB | peak device MB |",
         "|---|---|" + "---|" * (len(stages) + 4),
     ]
+    backends = [(name, r) for name, r in results if "backends" in r]
+    results = [(name, r) for name, r in results if "backends" not in r]
     for name, r in results:
         cells = [f"{r['stages_ms'].get(s, 0.0):.1f}" if s in r["stages_ms"] else "–" for s in stages]
         lines.append(f"| {name} | {r['device']} | " + " | ".join(cells)
@@ -104,8 +107,29 @@ def render(results: list[tuple[str, dict]]) -> str:
         parts = sorted(((ms, s) for s, ms in r["stages_ms"].items()
                         if s not in ("total", "decode", "encoders")), reverse=True)[:3]
         lines.append(f"- {name}: " + ", ".join(f"{s} {ms / total:.0%}" for ms, s in parts))
-    lines += ["", "Commands:", ""] + [f"- {name}: `{r['command']}`" for name, r in results]
+    for _, r in backends:
+        lines += render_backends(r)
+    lines += ["", "Commands:", ""] + [f"- {name}: `{r['command']}`" for name, r in results + backends]
     return "\n".join(lines) + "\n"
+
+
+def render_backends(report: dict) -> list[str]:
+    """`bench --backends`: the same frames through each runtime.backend, interleaved in one run."""
+    names = list(report["backends"])
+    stages = ["sam_encoder", "localize", "ppg", "cps", "fuse", "total"]
+    lines = ["", f"Backends side by side (runtime.backend; {report['frames']} frames interleaved in one run, "
+             f"speed-ups over {report['base']}):", "",
+             "| backend | precision | " + " | ".join(f"{s} p50 ms" for s in stages)
+             + " | speed-up total | speed-up encoder | SAM passes/frame | same verdicts | start-up s | peak host MB |",
+             "|---|---|" + "---|" * (len(stages) + 6)]
+    for name in names:
+        r = report["backends"][name]
+        cells = [f"{r['stages_ms'][s]:.1f}" if s in r["stages_ms"] else "–" for s in stages]
+        lines.append(f"| {name} | {r['precision']} | " + " | ".join(cells)
+                     + f" | {r['speedup'].get('total', 0):.2f}× | {r['speedup'].get('sam_encoder', 0):.2f}×"
+                     + f" | {r['sam_encoder_calls_per_frame']:.1f} | {r['verdicts_as_' + report['base']]}"
+                     + f"/{report['frames']} | {r['startup_s']:.1f} | {r['peak_host_mb']:.0f} |")
+    return lines
 
 
 def machine() -> str:
