@@ -123,7 +123,7 @@ def test_a_precision_a_backend_does_not_offer_is_refused_in_one_line():
     with pytest.raises(BackendError, match="precision=bf16 with runtime.backend=onnxruntime.*set precision: fp32"):
         resolve_backend("onnxruntime", "bf16", CPU)
     # bf16 through openvino was measured to change masks here (benchmarks/backend_equivalence.py)
-    with pytest.raises(BackendError, match="runtime.backend=openvino: measured .* mask IoU below 0.99"):
+    with pytest.raises(BackendError, match="runtime.backend=openvino: measured .*mask IoU below 0.99"):
         resolve_backend("openvino", "bf16", CPU)
     # auto does not pick what it would refuse: bf16 on the cpu stays with torch (fp32, as before)
     assert resolve_backend("auto", "bf16", CPU).backend == "torch"
