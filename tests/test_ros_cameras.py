@@ -165,8 +165,11 @@ def test_two_cameras_share_one_encoder_pass_and_keep_their_own_results(ros, insp
         wait_until(lambda: verdicts["cam_left"] and verdicts["cam_right"], 120, "both verdicts")
         assert stamps(verdicts["cam_left"]) == [(11, "fail")]
         assert stamps(verdicts["cam_right"]) == [(12, "pass")]
-        assert inspector.sam.encoder_calls - calls == 1          # one image-encoder pass ...
-        assert inspector.sam.images_encoded - encoded == 2       # ... for both cameras' frames
+        # one image-encoder pass for both cameras' frames (one per frame where the backend's graph
+        # has batch 1: on the CPU batching buys nothing, docs/SPEED.md)
+        batched = inspector.sam.encoder_net.max_batch is None
+        assert inspector.sam.encoder_calls - calls == (1 if batched else 2)
+        assert inspector.sam.images_encoded - encoded == 2
         wait_until(lambda: masks["cam_left"] and masks["cam_right"] and rejects, 5, "masks and reject")
         m = pixels(masks["cam_left"][0])
         assert ((m > 0) & (truth > 0)).sum() > 0.5 * (truth > 0).sum()     # the stain, on the left camera
