@@ -115,13 +115,13 @@ def live_outputs(ros, inspector, rgb) -> tuple[dict[str, object], object]:
     """{output name: the rclpy message} the node publishes for `rgb`, and the node's MessageTypes."""
     from sensor_msgs.msg import Image
 
-    from clipsam_ros.ros.node import InspectorNode
+    from clipsam_ros.ros.node import InspectorNode, configure_and_activate
     from clipsam_ros.ros.params import overrides_from_config
 
     from ros_helpers import image, inference_deadline, sharing, wait_until
 
-    node = ros.add(InspectorNode(sharing(inspector), namespace="same",
-                                 parameter_overrides=overrides_from_config(inspector.cfg), context=ros.context))
+    node = ros.add(configure_and_activate(InspectorNode(sharing(inspector), namespace="same",
+                                 parameter_overrides=overrides_from_config(inspector.cfg), context=ros.context)))
     try:
         publishers = node.camera.publishers
         received = {name: ros.collect(p.msg_type, f"/same/clipsam_inspector/{name}")

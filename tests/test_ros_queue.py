@@ -21,7 +21,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Bool, String  # noqa: E402
 
 from clipsam_ros.config import Config  # noqa: E402
-from clipsam_ros.ros.node import InspectorNode  # noqa: E402
+from clipsam_ros.ros.node import InspectorNode, configure_and_activate  # noqa: E402
 from clipsam_ros.ros.params import overrides_from_config  # noqa: E402
 
 from ros_helpers import SlowFakeInspector, image, ros_fixture, wait_until  # noqa: E402
@@ -42,7 +42,8 @@ def start(ros, namespace: str, seconds: float, gate: threading.Event | None = No
         fakes.append(SlowFakeInspector(cfg, seconds, gate=gate))
         return fakes[-1]
     overrides = overrides_from_config(Config()) + [Parameter(k, value=v) for k, v in settings.items()]
-    node = ros.add(InspectorNode(factory, namespace=namespace, parameter_overrides=overrides, context=ros.context))
+    node = ros.add(configure_and_activate(
+        InspectorNode(factory, namespace=namespace, parameter_overrides=overrides, context=ros.context)))
     verdicts = ros.collect(String, f"/{namespace}/clipsam_inspector/verdict_json", depth=1000)
     rejects = ros.collect(Bool, f"/{namespace}/clipsam_inspector/reject", depth=1000)
     pub = ros.tester.create_publisher(Image, f"/{namespace}/image", 100)
