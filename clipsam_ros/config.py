@@ -246,6 +246,9 @@ class DecisionConfig:
     # a part fails on score above the threshold AND at least one defect of min_defect_area_px
     score_threshold: float = key(0.5, "image score above which a part with a defect fails", range=(0.0, 1.0))
     min_defect_area_px: int = key(30, "defects smaller than this are dropped", range=(0, 10_000_000))
+    # an ejector acts a fixed time after the camera: a later verdict is still published, marked late
+    deadline_ms: float = key(0.0, "verdicts published later than this after the frame's stamp are marked "
+                             "late in ~/verdict_json and counted in /diagnostics (0 = off)", range=(0.0, 600_000.0))
 
 
 @dataclass

@@ -150,3 +150,40 @@ def test_closing_answers_the_frames_still_queued(ros):
     snap = node.stats.snapshot()
     assert snap.errors["shutdown"] == 3 and snap.in_flight == 0
     ros.remove(node)
+
+
+def test_a_verdict_after_the_deadline_is_published_marked_late_and_counted(ros):
+    """decision.deadline_ms: frame 1 is held in inference past the deadline (the gate, not the
+    machine's speed, decides); frame 2 is stamped 60 s ahead, so it cannot be late on any machine."""
+    from rclpy.time import Time
+
+    from clipsam_ros.ros.messages import diagnostic_values
+
+    gate = threading.Event()
+    deadline_ms = 200.0
+    node, pub, verdicts, rejects = start(ros, "q_late", 0.0, gate, **{"decision.deadline_ms": deadline_ms})
+    now = Time.from_msg(node.get_clock().now().to_msg())
+    sec, nanosec = divmod(now.nanoseconds, 1_000_000_000)
+    pub.publish(image(FRAME, sec, nanosec))
+    wait_until(lambda: node.inspector.started == 1, 10, "frame 1 in inference")
+    wait_until(lambda: node.get_clock().now().nanoseconds - now.nanoseconds > 2 * deadline_ms * 1e6, 10,
+               "the deadline to pass")
+    gate.set()
+    wait_until(lambda: len(verdicts) == 1, 10, "frame 1's verdict")
+    first = json.loads(verdicts[0].data)
+    assert first["late"] is True and first["verdict"] == "pass"        # still published, marked
+    pub.publish(image(FRAME, sec + 60, nanosec))
+    wait_until(lambda: len(verdicts) == 2, 10, "frame 2's verdict")
+    assert json.loads(verdicts[1].data)["late"] is False
+    snap = node.stats.snapshot()
+    assert snap.late == 1 and snap.answered == 2
+    assert dict(diagnostic_values(snap, 0, 1, {}))["verdicts_late"] == "1"
+    ros.remove(node)
+
+
+def test_no_deadline_no_late_field(ros):
+    node, pub, verdicts, _ = start(ros, "q_nodeadline", 0.0)
+    pub.publish(image(FRAME, 1))
+    wait_until(lambda: len(verdicts) == 1, 10, "a verdict")
+    assert "late" not in json.loads(verdicts[0].data) and node.stats.snapshot().late == 0
+    ros.remove(node)

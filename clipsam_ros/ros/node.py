@@ -49,7 +49,7 @@ from ..config import NODE_NAME, Config, load, needs_reload, set_value
 from ..decision import Verdict
 from ..errors import ClipsamError, one_line
 from ..imaging.codec import ImageDecodeError, compressed_to_rgb, image_to_rgb
-from ..outputs.builder import FrameError, frame_messages
+from ..outputs.builder import FrameError, frame_messages, stamp_ns
 from .cameras import Camera, camera_topics, create_cameras
 from .frame_queue import Frame, FrameQueue
 from .messages import camera_values, diagnostic_array, diagnostic_level, diagnostic_values, rclpy_message_types
@@ -425,7 +425,19 @@ class InspectorNode(LifecycleNode):
     def _publish(self, frame: Frame, rgb: np.ndarray | None, answer: InspectionResult | FrameError) -> None:
         """Build the frame's outputs (images only for subscribers) and publish them in table order."""
         camera = self.cameras[frame.camera]
-        camera.publish(frame_messages(self.types, frame.msg.header, rgb, answer, camera.wanted()))
+        late = self._late(frame.msg.header)
+        camera.publish(frame_messages(self.types, frame.msg.header, rgb, answer, camera.wanted(), late))
+        if late:
+            self.stats.late()
+
+    def _late(self, header) -> bool | None:
+        """Whether a verdict published now misses decision.deadline_ms from the frame's stamp
+        (None when no deadline is set). The node's clock: sim time under use_sim_time."""
+        deadline_ms = self.cfg.decision.deadline_ms
+        if deadline_ms <= 0:
+            return None
+        age_ns = self.get_clock().now().nanoseconds - stamp_ns(header)
+        return age_ns > deadline_ms * 1e6
 
     # ------------------------------------------------------------ either thread
 
