@@ -22,6 +22,7 @@ import numpy as np
 from ..decision import Defect, Verdict
 from ..imaging.codec import rgb_to_image_fields
 from ..imaging.overlay import render_overlay
+from .annotations import defect_segments, image_marker
 from .message_types import MessageTypes
 from .topics import TOPICS
 from .vision_msgs import classification, detection_array
@@ -103,6 +104,8 @@ def frame_messages(types: MessageTypes, header, rgb: np.ndarray | None,
         out["overlay"] = overlay_msg(types, header, rgb, answer)
     if not error and want("detections"):
         out["detections"] = detection_array(types.vision, header, answer.defects)
+    if not error and want("annotations"):
+        out["annotations"] = image_marker(types, header, defect_segments(answer.mask, answer.defects))
     if want("verdict"):
         out["verdict"] = classification(types.vision, header, answer.verdict, answer.score)
     if want("verdict_json"):

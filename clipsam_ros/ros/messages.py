@@ -23,7 +23,20 @@ def rclpy_message_types() -> MessageTypes:
     """rclpy's output classes; without vision_msgs installed `vision` is None."""
     # rclpy checks a bytes value element by element; array.array('B') is taken as is
     return MessageTypes(Header=Header, Time=Time, Image=Image, String=String, Bool=Bool,
-                        vision=load_vision_types(), uint8_array=functools.partial(array.array, "B"))
+                        vision=load_vision_types(), uint8_array=functools.partial(array.array, "B"),
+                        **load_marker_types())
+
+
+def load_marker_types() -> dict:
+    """The classes of ~/annotations; none where visualization_msgs is not installed."""
+    try:
+        from builtin_interfaces.msg import Duration
+        from geometry_msgs.msg import Point
+        from std_msgs.msg import ColorRGBA
+        from visualization_msgs.msg import ImageMarker
+    except ImportError:
+        return {}
+    return {"ImageMarker": ImageMarker, "Point": Point, "ColorRGBA": ColorRGBA, "Duration": Duration}
 
 
 def load_vision_types() -> VisionTypes | None:
