@@ -255,7 +255,7 @@ class DecisionConfig:
 class InputConfig:
     # reliable by default: best effort loses camera-sized frames between processes (fragments)
     reliability: str = key("reliable", "subscription QoS: reliable (default; delivers large frames between "
-                           "processes) | best_effort (must match a best-effort camera driver)",
+                           "processes) or best_effort (must match a best-effort camera driver)",
                            choices=("best_effort", "reliable"), reload=True)
     queue_policy: str = key("latest", "latest (drop old frames) | all (bounded queue, overflow = error)",
                             choices=("latest", "all"), reload=True)
