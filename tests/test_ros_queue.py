@@ -187,3 +187,19 @@ def test_no_deadline_no_late_field(ros):
     wait_until(lambda: len(verdicts) == 1, 10, "a verdict")
     assert "late" not in json.loads(verdicts[0].data) and node.stats.snapshot().late == 0
     ros.remove(node)
+
+
+def test_a_best_effort_camera_and_the_reliable_default_are_named_not_silent(ros):
+    """input.reliability is reliable by default; a best-effort camera cannot connect to it, and
+    the node says so (DDS reports the incompatible QoS) instead of only going quiet."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    node, _, _, _ = start(ros, "q_qos", 0.0)
+    assert node.cfg.input.reliability == "reliable"
+    camera = ros.tester.create_publisher(Image, "/q_qos/image",
+                                         QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT))
+    try:
+        wait_until(lambda: node.incompatible_publishers >= 1, 10, "the incompatible QoS event")
+    finally:
+        ros.tester.destroy_publisher(camera)
+        ros.remove(node)

@@ -42,6 +42,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import qos_policy_name_from_kind
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 
@@ -158,6 +159,7 @@ class InspectorNode(LifecycleNode):
         self.stats: FrameStats | None = None
         self.configure_error = ""                 # the last failed configure's one line
         self.log_configure_errors = True          # off where the caller prints it (run: exit 1)
+        self.incompatible_publishers = 0          # camera publishers whose QoS cannot match ours
         self._active = False
         self._closed = True
         self._worker: threading.Thread | None = None
@@ -280,10 +282,11 @@ class InspectorNode(LifecycleNode):
         """One camera's subscription; a publisher whose QoS cannot match it is named in the log
         (a reliable reader and a best-effort camera never connect: no frame, no error)."""
         def incompatible(info, topic=camera.topic):
+            self.incompatible_publishers += info.total_count_change
             self.get_logger().error(
                 f"a publisher on {topic} offers QoS incompatible with input.reliability="
-                f"{self.cfg.input.reliability} ({info.last_policy_kind.name}): no frames arrive from it; "
-                f"set input.reliability to what the camera publishes")
+                f"{self.cfg.input.reliability} ({qos_policy_name_from_kind(info.last_policy_kind)}): no frames "
+                f"arrive from it; set input.reliability to what the camera publishes")
         events = SubscriptionEventCallbacks(incompatible_qos=incompatible)
 
         def on_image(msg, index=camera.index):
@@ -298,7 +301,9 @@ class InspectorNode(LifecycleNode):
     def _on_image(self, msg, camera: int = 0) -> None:
         now = time.monotonic()
         if not self._active:
-            self.stats.inactive()      # deactivated: no verdict at all, and never a "pass"
+            stats = self.stats         # None once cleanup has begun
+            if stats is not None:
+                stats.inactive()       # deactivated: no verdict at all, and never a "pass"
             return
         frame = Frame(msg=msg, received=now, seq=self.stats.received(now, camera), camera=camera)
         offer = self.queue.offer(frame)
