@@ -199,3 +199,39 @@ def test_deactivate_answers_the_frame_in_flight_and_counts_later_frames(ros):
     assert life.change(Transition.TRANSITION_ACTIVE_SHUTDOWN)               # shutdown from active
     assert life.state() == "finalized" and node.inspector is None
     ros.remove(node)
+
+
+def test_a_managed_node_process_waits_for_the_manager(ros, tmp_path):
+    """`clipsam-ros node --managed` (what the launch file starts): unconfigured until a manager
+    configures and activates it through the services; then it inspects."""
+    import signal
+    import sys
+
+    from clipsam_ros.resources import config_path
+
+    from ros_helpers import NodeProcess
+
+    generate_dataset(tmp_path, n=2, seed=0, size=FRAME_SIZE, classes=["metal"])
+    cmd = [sys.executable, "-m", "clipsam_ros.cli.main", "node", "--managed", "--config",
+           str(config_path("offline.yaml")), "--set", "device=cpu",
+           "--set", f"localizer.reference_dir={tmp_path / 'metal' / 'train' / 'good'}",
+           "--ros-args", "-r", "__ns:=/managed"]
+    with NodeProcess(cmd, DOMAIN_ID) as proc:
+        life = Lifecycle(ros, "/managed/clipsam_inspector")
+        client = ros.tester.create_client(GetState, "/managed/clipsam_inspector/get_state")
+        assert client.wait_for_service(timeout_sec=120), proc.output
+        ros.tester.destroy_client(client)
+        assert life.state() == "unconfigured" and not any("ready:" in ln for ln in proc.lines)
+        assert life.change(Transition.TRANSITION_CONFIGURE, timeout=180), proc.output
+        assert life.change(Transition.TRANSITION_ACTIVATE), proc.output
+        proc.wait_ready(10)
+        verdicts = ros.collect(String, "/managed/clipsam_inspector/verdict_json")
+        pub = ros.tester.create_publisher(Image, "/managed/image", 10)
+        wait_until(lambda: pub.get_subscription_count() > 0 and ros.tester.count_publishers(
+            "/managed/clipsam_inspector/verdict_json") > 0, 30, "discovery")
+        stain, _ = make_sample("metal", "stain", seed=5, size=FRAME_SIZE)
+        pub.publish(image(stain, 21))
+        wait_until(lambda: verdicts, 120, "a verdict from the managed node")
+        assert json.loads(verdicts[0].data)["header"]["sec"] == 21
+        assert proc.stop(signal.SIGINT, timeout=60) == 0, proc.output
+        assert "Traceback" not in proc.output, proc.output

@@ -221,7 +221,8 @@ def test_node_subcommand_takes_config_set_and_ros_args():
     args = build_parser().parse_args(["node", "--config", "c.yaml", "--set", "device=cpu",
                                       "--ros-args", "-r", "image:=/cam/image_raw", "-r", "__ns:=/l1"])
     assert (args.config, args.overrides) == ("c.yaml", ["device=cpu"])
-    assert args.ros_args == ["-r", "image:=/cam/image_raw", "-r", "__ns:=/l1"]
+    assert args.ros_args == ["-r", "image:=/cam/image_raw", "-r", "__ns:=/l1"] and not args.managed
+    assert build_parser().parse_args(["node", "--managed"]).managed       # for a lifecycle manager
 
 
 def test_node_overrides_from_a_file_are_complete_and_set_only_its_keys():
