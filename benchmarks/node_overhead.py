@@ -149,7 +149,7 @@ def main() -> None:
     print(json.dumps({
         "device": str(inspector.device), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "profile": "offline (lite_medsam + reference bank)", "frames_per_size": args.frames,
-        "overhead": "decode + publish (overlay render, mask/map/overlay Image messages, verdict, reject)",
+        "overhead": "decode + publish (overlay render, mask/map/overlay Image messages, annotations, verdict, reject)",
         "results": results,
     }, indent=2))
 
