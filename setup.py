@@ -1,4 +1,10 @@
-"""Works for `colcon build` (ament_python) and `pip install -e .` alike."""
+"""Works for `colcon build` (ament_python) and `pip install -e .` alike.
+
+Console scripts go where Python puts them (bin/, on PATH for pip users). ROS finds
+executables in lib/<package>: `clipsam_inspector` goes there as a data file (a
+small wrapper, scripts/clipsam_inspector), so no setup.cfg script_dir is needed;
+setuptools >= 77 refuses that option under `pip install -e`.
+"""
 from glob import glob
 
 from setuptools import find_packages, setup
@@ -12,6 +18,7 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
+        (f"lib/{PACKAGE}", ["scripts/clipsam_inspector"]),     # ros2 run / launch look here
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz")),
     ],
@@ -38,6 +45,7 @@ setup(
         "ros": [
             "ros-jazzy-rclpy[fastrtps]", "ros-jazzy-sensor-msgs", "ros-jazzy-std-msgs",
             "ros-jazzy-diagnostic-msgs", "ros-jazzy-geometry-msgs", "ros-jazzy-builtin-interfaces",
+            "ros-jazzy-lifecycle-msgs", "ros-jazzy-visualization-msgs",
         ],
         "eval": ["rosbags>=0.10", "rosbags-image", "mcap-ros2-support", "scikit-learn", "matplotlib"],
         "test": ["pytest>=7", "hypothesis>=6", "ruff>=0.6", "mypy>=1.10"],

@@ -56,12 +56,13 @@ def measure(context, executor, inspector, size: tuple[int, int], frames: int) ->
     from clipsam_ros.inspector import Inspector
     from clipsam_ros.outputs.builder import image_msg
     from clipsam_ros.ros.messages import rclpy_message_types
-    from clipsam_ros.ros.node import InspectorNode
+    from clipsam_ros.ros.node import InspectorNode, configure_and_activate
     from clipsam_ros.ros.params import overrides_from_config
 
     ns = f"bench_{size[0]}x{size[1]}"
-    node = InspectorNode(lambda cfg: Inspector(cfg, inspector.sam, inspector.localizer, inspector.device),
-                         namespace=ns, parameter_overrides=overrides_from_config(inspector.cfg), context=context)
+    node = configure_and_activate(InspectorNode(
+        lambda cfg: Inspector(cfg, inspector.sam, inspector.localizer, inspector.device),
+        namespace=ns, parameter_overrides=overrides_from_config(inspector.cfg), context=context))
     client = rclpy.create_node(f"{ns}_client", context=context)
     arrived: dict[int, float] = {}
     done = threading.Event()
@@ -148,7 +149,7 @@ def main() -> None:
     print(json.dumps({
         "device": str(inspector.device), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "profile": "offline (lite_medsam + reference bank)", "frames_per_size": args.frames,
-        "overhead": "decode + publish (overlay render, mask/map/overlay Image messages, verdict, reject)",
+        "overhead": "decode + publish (overlay render, mask/map/overlay Image messages, annotations, verdict, reject)",
         "results": results,
     }, indent=2))
 

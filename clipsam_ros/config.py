@@ -252,11 +252,16 @@ class DecisionConfig:
     # a part fails on score above the threshold AND at least one defect of min_defect_area_px
     score_threshold: float = key(0.5, "image score above which a part with a defect fails", range=(0.0, 1.0))
     min_defect_area_px: int = key(30, "defects smaller than this are dropped", range=(0, 10_000_000))
+    # an ejector acts a fixed time after the camera: a later verdict is still published, marked late
+    deadline_ms: float = key(0.0, "verdicts published later than this after the frame's stamp are marked "
+                             "late in ~/verdict_json and counted in /diagnostics (0 = off)", range=(0.0, 600_000.0))
 
 
 @dataclass
 class InputConfig:
-    reliability: str = key("best_effort", "subscription QoS: best_effort | reliable",
+    # reliable by default: best effort loses camera-sized frames between processes (fragments)
+    reliability: str = key("reliable", "subscription QoS: reliable (default; delivers large frames between "
+                           "processes) or best_effort (must match a best-effort camera driver)",
                            choices=("best_effort", "reliable"), reload=True)
     queue_policy: str = key("latest", "latest (drop old frames) | all (bounded queue, overflow = error)",
                             choices=("latest", "all"), reload=True)
@@ -470,11 +475,12 @@ def _flatten_yaml(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def load(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
-    """Defaults ← YAML params file ← `key=value` overrides; validated."""
+def load(path: str | Path | None = None, overrides: Iterable[str] = (), namespace: str | None = None) -> Config:
+    """Defaults ← YAML params file (its sections for the node in `namespace`, see
+    read_params_file) ← `key=value` overrides; validated."""
     cfg = Config()
     if path is not None:
-        apply(cfg, read_params_file(path))
+        apply(cfg, read_params_file(path, namespace))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r} is not key=value (e.g. --set refiner.threshold=0.6)")
@@ -483,8 +489,44 @@ def load(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Confi
     return cfg
 
 
-def read_params_file(path: str | Path) -> dict[str, Any]:
-    """The flat {key: value} from a ROS 2 params file (`<node>: ros__parameters: ...`)."""
+def _node_key_matches(key: str, namespace: str | None, node: str = NODE_NAME) -> bool:
+    """Whether a params-file node key names this node, as rcl matches it: `clipsam_inspector`,
+    `/line3/clipsam_inspector`, `/**/clipsam_inspector`, `/**`, `/line3/*`. `*` is one name
+    (or part of one), `/**` any number of namespace levels. With `namespace` None (the CLI:
+    the namespace is not known) only the node name part is matched."""
+    key = key.strip()
+    if key in ("/**", "**"):
+        return True
+    if not key.startswith("/"):      # a bare node name: the node wherever it runs
+        return re.fullmatch(re.escape(key).replace(r"\*", "[^/]*"), node) is not None
+    *spaces, name = key.split("/")[1:]
+    if re.fullmatch(re.escape(name).replace(r"\*", "[^/]*"), node) is None:
+        return False
+    if namespace is None:
+        return True
+    pattern = "".join("(/[^/]+)*" if part == "**" else "/" + re.escape(part).replace(r"\*", "[^/]*")
+                      for part in spaces)
+    return re.fullmatch(pattern, "/" + namespace.strip("/") if namespace.strip("/") else "") is not None
+
+
+def _sections(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """(node key, ros__parameters) in file order, nested namespaces (`line3: node: ...`) joined."""
+    out = []
+    for k, v in tree.items():
+        if not isinstance(v, dict):
+            continue
+        key = f"{prefix}/{str(k).strip('/')}" if prefix else str(k)
+        if isinstance(v.get("ros__parameters"), dict):
+            out.append((key, v["ros__parameters"]))
+        else:
+            out.extend(_sections(v, key if key.startswith("/") else "/" + key))
+    return out
+
+
+def read_params_file(path: str | Path, namespace: str | None = None) -> dict[str, Any]:
+    """The flat {key: value} from a ROS 2 params file: every section whose node key names
+    this node (the keys ROS accepts, see _node_key_matches), later sections over earlier ones
+    like rcl. The CLI and the launch file both read config files through here."""
     path = Path(path)
     try:
         tree = yaml.safe_load(path.read_text())
@@ -496,10 +538,15 @@ def read_params_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}{where} is not valid YAML") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"config file {path} must hold '{NODE_NAME}: ros__parameters: ...'")
-    section = tree.get(NODE_NAME, tree.get("/**"))
-    if not isinstance(section, dict) or not isinstance(section.get("ros__parameters"), dict):
-        raise ConfigError(f"config file {path} must hold '{NODE_NAME}: ros__parameters: ...'")
-    return _flatten_yaml(section["ros__parameters"])
+    found = [params for key, params in _sections(tree) if _node_key_matches(key, namespace)]
+    if not found:
+        where = f" in namespace /{namespace.strip('/')}" if namespace and namespace.strip("/") else ""
+        raise ConfigError(f"config file {path} has no section for {NODE_NAME}{where}: use "
+                          f"'{NODE_NAME}:', '/**/{NODE_NAME}:' or '/**:' over 'ros__parameters: ...'")
+    out: dict[str, Any] = {}
+    for params in found:
+        out.update(_flatten_yaml(params))
+    return out
 
 
 # ---- views of the declarations --------------------------------------------------------------------

@@ -80,7 +80,7 @@ def run_soak(inspector, policy: str, frames: int, rate_hz: float = 50.0, domain_
     from clipsam_ros.inspector import Inspector
     from clipsam_ros.outputs.builder import image_msg
     from clipsam_ros.ros.messages import rclpy_message_types
-    from clipsam_ros.ros.node import InspectorNode
+    from clipsam_ros.ros.node import InspectorNode, configure_and_activate
     from clipsam_ros.ros.params import overrides_from_config
 
     reliability = reliability or ("reliable" if policy == "all" else "best_effort")
@@ -90,8 +90,9 @@ def run_soak(inspector, policy: str, frames: int, rate_hz: float = 50.0, domain_
     overrides = overrides_from_config(inspector.cfg) + [
         Parameter("input.queue_policy", value=policy), Parameter("input.reliability", value=reliability),
         Parameter("input.queue_size", value=queue_size)]
-    node = InspectorNode(lambda cfg: Inspector(cfg, inspector.sam, inspector.localizer, inspector.device),
-                         namespace=f"soak_{policy}", parameter_overrides=overrides, context=context)
+    node = configure_and_activate(InspectorNode(
+        lambda cfg: Inspector(cfg, inspector.sam, inspector.localizer, inspector.device),
+        namespace=f"soak_{policy}", parameter_overrides=overrides, context=context))
     camera = rclpy.create_node("soak_camera", context=context)
     executor.add_node(node)
     executor.add_node(camera)
@@ -183,7 +184,7 @@ def run_soak(inspector, policy: str, frames: int, rate_hz: float = 50.0, domain_
         "policy": policy, "reliability": reliability, "frames_sent": frames, "rate_hz": rate_hz,
         "send_s": round(send_s, 1), "warmup_frames": warmup,
         "not_received": frames - snap.received,   # best effort: lost before the node's callback
-        "node": {"received": snap.received, "dropped": snap.dropped, "lost_in_transport": snap.lost_in_transport,
+        "node": {"received": snap.received, "dropped": snap.dropped,
                  "verdicts": snap.verdicts, "errors": {k: v for k, v in snap.errors.items() if v},
                  "in_flight_at_end": snap.in_flight},
         "verdicts_received": verdict_counts,

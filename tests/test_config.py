@@ -81,7 +81,7 @@ def test_choices_ranges_and_rules_reach_the_ros_descriptors():
     assert set(params) == set(specs())
     for key, s in specs().items():
         d = descriptor(params[key])
-        assert d.description == s.help and d.read_only == s.reload, key
+        assert d.description == s.help and not d.read_only, key   # the node refuses them when configured
         assert (READ_ONLY_NOTE in d.additional_constraints) == s.reload, key
         if s.choices:
             assert "one of: " + ", ".join(s.choices) in d.additional_constraints, key
@@ -138,6 +138,32 @@ def test_params_file_shape_is_checked(tmp_path):
     wildcard = tmp_path / "wild.yaml"
     wildcard.write_text("/**:\n  ros__parameters:\n    device: cpu\n")
     assert read_params_file(wildcard) == {"device": "cpu"}
+
+
+@pytest.mark.parametrize("key", ["clipsam_inspector", "/line3/clipsam_inspector", "/**/clipsam_inspector",
+                                 "/**", "/line3/*", "/*/clipsam_*"])
+def test_the_node_keys_ros_accepts_are_read(tmp_path, key):
+    f = tmp_path / "line.yaml"
+    f.write_text(f"{key}:\n  ros__parameters:\n    refiner:\n      threshold: 0.7\n")
+    assert read_params_file(f) == {"refiner.threshold": 0.7}              # the CLI: any namespace
+    assert read_params_file(f, namespace="line3") == {"refiner.threshold": 0.7}
+    assert load(f, namespace="/line3").refiner.threshold == 0.7
+
+
+def test_sections_for_other_nodes_or_namespaces_are_not_read(tmp_path):
+    f = tmp_path / "plant.yaml"
+    f.write_text("/line3/clipsam_inspector:\n  ros__parameters:\n    device: cpu\n"
+                 "/line4/clipsam_inspector:\n  ros__parameters:\n    device: cuda\n"
+                 "/**:\n  ros__parameters:\n    refiner:\n      threshold: 0.6\n"
+                 "line5:\n  clipsam_inspector:\n    ros__parameters:\n      device: cuda\n"
+                 "camera_driver:\n  ros__parameters:\n    fps: 30\n")
+    assert read_params_file(f, namespace="line3") == {"device": "cpu", "refiner.threshold": 0.6}
+    assert read_params_file(f, namespace="line5") == {"refiner.threshold": 0.6, "device": "cuda"}  # nested
+    assert read_params_file(f, namespace="") == {"refiner.threshold": 0.6}
+    other = tmp_path / "other.yaml"
+    other.write_text("camera_driver:\n  ros__parameters:\n    fps: 30\n")
+    with pytest.raises(ConfigError, match=r"no section for clipsam_inspector.*/\*\*/clipsam_inspector"):
+        read_params_file(other)
 
 
 def test_reload_keys():

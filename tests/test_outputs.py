@@ -47,6 +47,47 @@ def failed_frame():
     return rgb, result
 
 
+def test_annotations_outline_the_mask_and_box_the_defects(store, types):
+    """~/annotations: one LINE_LIST ImageMarker; red segments are each defect's box edges, yellow
+    ones join consecutive points of the mask's contour, so every outline point is a mask pixel
+    on its border and the outline goes round every region."""
+    from clipsam_ros.outputs.annotations import BOX_RGBA, OUTLINE_RGBA
+
+    mask = np.zeros((60, 80), np.uint8)
+    mask[10:20, 5:30] = 255                        # two regions
+    mask[40:55, 50:70] = 255
+    defects = [Defect([5, 10, 29, 19], 250, 0.9), Defect([50, 40, 69, 54], 300, 0.8)]
+    rgb, result = failed_frame()
+    result = dataclasses.replace(result, mask=mask, defects=defects)
+    marker = frame_messages(types, make_header(types, 5, "cam"), None, result, {"annotations"})["annotations"]
+    assert marker.__msgtype__ == "visualization_msgs/msg/ImageMarker" and marker.type == marker.LINE_LIST
+    assert (marker.header.stamp.sec, marker.header.frame_id) == (0, "cam")
+    points = [(p.x, p.y) for p in marker.points]
+    colours = [(c.r, c.g, c.b, c.a) for c in marker.outline_colors]
+    assert len(points) == len(colours) and len(points) % 2 == 0
+    pairs = list(zip(points[0::2], points[1::2], colours[0::2]))
+    boxes = [(a, b) for a, b, c in pairs if c == pytest.approx(BOX_RGBA)]
+    outlines = [(a, b) for a, b, c in pairs if c == pytest.approx(OUTLINE_RGBA)]
+    assert len(boxes) + len(outlines) == len(pairs)
+    assert sorted(boxes) == sorted([((5, 10), (29, 10)), ((29, 10), (29, 19)), ((29, 19), (5, 19)),
+                                    ((5, 19), (5, 10)), ((50, 40), (69, 40)), ((69, 40), (69, 54)),
+                                    ((69, 54), (50, 54)), ((50, 54), (50, 40))])
+    border = (mask > 0) & ~(np.pad(mask > 0, 1)[2:, 1:-1] & np.pad(mask > 0, 1)[:-2, 1:-1]
+                            & np.pad(mask > 0, 1)[1:-1, 2:] & np.pad(mask > 0, 1)[1:-1, :-2])
+    ends = {p for seg in outlines for p in seg}
+    assert all(border[int(y), int(x)] for x, y in ends)                 # on the mask's border
+    for y0, y1, x0, x1 in ((10, 19, 5, 29), (40, 54, 50, 69)):           # each region gone round
+        inside = [(x, y) for x, y in ends if x0 <= x <= x1 and y0 <= y <= y1]
+        assert {min(x for x, _ in inside), max(x for x, _ in inside)} == {x0, x1}
+        assert {min(y for _, y in inside), max(y for _, y in inside)} == {y0, y1}
+    assert sum(np.hypot(b[0] - a[0], b[1] - a[1]) for a, b in outlines) == pytest.approx(
+        2 * (24 + 9) + 2 * (19 + 14))                                     # the two perimeters, closed
+    store.deserialize_cdr(store.serialize_cdr(marker, marker.__msgtype__), marker.__msgtype__)
+    passed = dataclasses.replace(result, mask=np.zeros_like(mask), defects=[], verdict=Verdict.PASS)
+    empty = frame_messages(types, make_header(types, 6), None, passed, {"annotations"})["annotations"]
+    assert list(empty.points) == []                                      # clears the viewer
+
+
 def test_a_frame_yields_every_output_in_the_tables_order(store, types):
     rgb, result = failed_frame()
     out = frame_messages(types, make_header(types, 1001_000_000_250, "cam_left"), rgb, result)
@@ -115,13 +156,14 @@ def live_outputs(ros, inspector, rgb) -> tuple[dict[str, object], object]:
     """{output name: the rclpy message} the node publishes for `rgb`, and the node's MessageTypes."""
     from sensor_msgs.msg import Image
 
-    from clipsam_ros.ros.node import InspectorNode
+    from clipsam_ros.ros.node import InspectorNode, configure_and_activate
     from clipsam_ros.ros.params import overrides_from_config
 
     from ros_helpers import image, inference_deadline, sharing, wait_until
 
-    node = ros.add(InspectorNode(sharing(inspector), namespace="same",
-                                 parameter_overrides=overrides_from_config(inspector.cfg), context=ros.context))
+    node = ros.add(configure_and_activate(InspectorNode(
+        sharing(inspector), namespace="same", parameter_overrides=overrides_from_config(inspector.cfg),
+        context=ros.context)))
     try:
         publishers = node.camera.publishers
         received = {name: ros.collect(p.msg_type, f"/same/clipsam_inspector/{name}")

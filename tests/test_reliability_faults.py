@@ -23,7 +23,7 @@ from clipsam_ros.config import ConfigError, load  # noqa: E402
 from clipsam_ros.data.synth import make_sample  # noqa: E402
 from clipsam_ros.inspector import Inspector  # noqa: E402
 from clipsam_ros.ros.messages import diagnostic_level  # noqa: E402
-from clipsam_ros.ros.node import InspectorNode  # noqa: E402
+from clipsam_ros.ros.node import InspectorNode, configure_and_activate  # noqa: E402
 from clipsam_ros.ros.params import overrides_from_config  # noqa: E402
 from clipsam_ros.ros.stats import FrameStats  # noqa: E402
 
@@ -70,8 +70,8 @@ ros = ros_fixture(DOMAIN_ID)
 def start(ros, inspector, namespace, localizer=None, **settings):
     overrides = overrides_from_config(inspector.cfg) + [Parameter(k, value=v) for k, v in settings.items()]
     factory = lambda cfg: Inspector(cfg, inspector.sam, localizer or inspector.localizer, inspector.device)  # noqa: E731
-    node = ros.add(InspectorNode(factory, namespace=namespace, parameter_overrides=overrides,
-                                 context=ros.context))
+    node = ros.add(configure_and_activate(InspectorNode(factory, namespace=namespace, parameter_overrides=overrides,
+                                 context=ros.context)))
     verdicts = ros.collect(String, f"/{namespace}/clipsam_inspector/verdict_json")
     rejects = ros.collect(Bool, f"/{namespace}/clipsam_inspector/reject")
     pub = ros.tester.create_publisher(Image, f"/{namespace}/image", 10)

@@ -73,7 +73,7 @@ def test_all_gives_every_frame_exactly_one_verdict(soak, inspector):
     check_node_accounting(out)
     assert out["checks"]["every_frame_exactly_one_verdict"], out
     node = out["node"]
-    assert node["received"] == 300 and node["dropped"] == 0 and node["lost_in_transport"] == 0
+    assert node["received"] == 300 and node["dropped"] == 0
     # overflow is the only error kind, and the frames inspected are those the queue took
     assert set(node["errors"]) <= {"overflow"}, out
     inspected = node["verdicts"]["pass"] + node["verdicts"]["fail"]

@@ -23,7 +23,7 @@ from std_msgs.msg import Bool, String  # noqa: E402
 
 from clipsam_ros.config import Config  # noqa: E402
 from clipsam_ros.data.synth import make_sample  # noqa: E402
-from clipsam_ros.ros.node import InspectorNode  # noqa: E402
+from clipsam_ros.ros.node import InspectorNode, configure_and_activate  # noqa: E402
 from clipsam_ros.ros.params import overrides_from_config  # noqa: E402
 
 from ros_helpers import (  # noqa: E402
@@ -57,7 +57,8 @@ def start(ros, namespace: str, factory, cfg: Config, **settings):
     overrides = overrides_from_config(cfg) + [
         Parameter(k, Parameter.Type.STRING_ARRAY, v) if isinstance(v, list) else Parameter(k, value=v)
         for k, v in settings.items()]
-    node = ros.add(InspectorNode(factory, namespace=namespace, parameter_overrides=overrides, context=ros.context))
+    node = ros.add(configure_and_activate(
+        InspectorNode(factory, namespace=namespace, parameter_overrides=overrides, context=ros.context)))
     verdicts = {cam: ros.collect(String, f"/{namespace}/clipsam_inspector/{cam}/verdict_json")
                 for cam in ("cam_left", "cam_right")}
     pubs = [ros.tester.create_publisher(Image, f"/{namespace}/{topic}", 10) for topic in TOPICS]

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow   # ros2 launch (where launch is installed)
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "inspect.launch.py"
 RVIZ = ROOT / "config" / "inspect.rviz"
-ARGUMENTS = {"config", "image_topic", "namespace", "device", "use_sim_time", "rviz"}
+ARGUMENTS = {"config", "image_topic", "namespace", "device", "reference_dir", "bank", "set", "autostart",
+             "use_sim_time", "rviz"}
 
 
 def constants() -> dict:
@@ -36,7 +37,19 @@ def test_launch_file_compiles_and_declares_its_arguments(tmp_path):
     assert {name for name, _, _ in c["ARGUMENTS"]} == ARGUMENTS
     defaults = {name: default for name, default, _ in c["ARGUMENTS"]}
     assert defaults["image_topic"] == "/camera/image_raw" and defaults["rviz"] == "false"
+    assert defaults["autostart"] == "true"          # active by default; false = a lifecycle manager's
     assert c["NODE_NAME"] == "clipsam_inspector" and c["PACKAGE"] == "clipsam_ros"
+
+
+def test_launch_file_manages_the_lifecycle_the_exit_and_rviz():
+    """What can be checked without `launch`: the calls the launch file is built from."""
+    text = LAUNCH.read_text()
+    calls = {n.func.id if isinstance(n.func, ast.Name) else n.func.attr
+             for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Call)
+             and isinstance(n.func, (ast.Name, ast.Attribute))}
+    assert {"LifecycleNode", "ChangeState", "OnStateTransition", "OnProcessExit", "OnShutdown", "which"} <= calls
+    assert '"--managed"' in text            # the node waits for the transitions the launch emits
+    assert 'shutil.which("rviz2")' in text   # no rviz2 (headless line PC): no RViz, no error
 
 
 def test_rviz_layout_shows_the_overlay_and_the_raw_image():
@@ -66,3 +79,21 @@ def test_generate_launch_description_with_real_launch():
     description = module.generate_launch_description()
     names = {e.name for e in description.entities if isinstance(e, DeclareLaunchArgument)}
     assert names == ARGUMENTS
+
+
+def test_package_xml_keeps_gui_and_unused_packages_out_of_the_hard_dependencies():
+    import xml.etree.ElementTree as ET
+
+    depends = {e.text for e in ET.parse(ROOT / "package.xml").getroot().iter("exec_depend")}
+    assert not {"rviz2", "cv_bridge"} & depends                 # headless line PCs; cv_bridge is unused
+    assert {"rclpy", "lifecycle_msgs", "visualization_msgs", "launch_ros"} <= depends
+
+
+def test_ros_finds_the_node_executable_in_lib_without_setup_cfg_script_dir():
+    """`ros2 run` / launch look in lib/clipsam_ros; setup.cfg's script_dir is refused by
+    setuptools >= 77, so a wrapper goes there as a data file (tried: pip install . puts it there)."""
+    assert "script_dir" not in (ROOT / "setup.cfg").read_text()
+    assert "install_scripts" not in (ROOT / "setup.cfg").read_text()
+    assert '(f"lib/{PACKAGE}", ["scripts/clipsam_inspector"])' in (ROOT / "setup.py").read_text()
+    wrapper = ROOT / "scripts" / "clipsam_inspector"
+    assert wrapper.stat().st_mode & 0o111 and "from clipsam_ros.ros.node import main" in wrapper.read_text()

@@ -22,7 +22,7 @@ from std_msgs.msg import Bool, String  # noqa: E402
 from clipsam_ros.config import ConfigError  # noqa: E402
 from clipsam_ros.data.synth import make_sample  # noqa: E402
 from clipsam_ros.imaging.overlay import VERDICT_COLOURS  # noqa: E402
-from clipsam_ros.ros.node import InspectorNode  # noqa: E402
+from clipsam_ros.ros.node import InspectorNode, configure_and_activate  # noqa: E402
 from clipsam_ros.ros.params import overrides_from_config, param_specs  # noqa: E402
 
 from ros_helpers import (  # noqa: E402
@@ -81,8 +81,8 @@ OUTPUTS = {"mask": Image, "anomaly_map": Image, "overlay": Image, "verdict_json"
 def start_line(ros: RosHarness, inspector, namespace: str, **settings) -> Line:
     cfg = inspector.cfg
     overrides = overrides_from_config(cfg) + [Parameter(k, value=v) for k, v in settings.items()]
-    node = ros.add(InspectorNode(sharing(inspector), namespace=namespace, parameter_overrides=overrides,
-                                 context=ros.context))
+    node = ros.add(configure_and_activate(
+        InspectorNode(sharing(inspector), namespace=namespace, parameter_overrides=overrides, context=ros.context)))
     out = {name: ros.collect(kind, f"/{namespace}/clipsam_inspector/{name}") for name, kind in OUTPUTS.items()}
     kind = CompressedImage if node.cfg.input.compressed else Image
     pub = ros.tester.create_publisher(kind, f"/{namespace}/image", 10)
@@ -215,11 +215,11 @@ def test_diagnostics_report_rates_latency_queue_and_exact_accounting(ros, line, 
 def test_every_config_key_is_a_parameter_with_a_descriptor(line):
     for spec in param_specs():
         d = line.node.describe_parameter(spec.name)
-        assert d.type == spec.type and d.read_only == spec.read_only, spec.name
+        # never read_only: model keys are set while unconfigured (the node refuses them when configured)
+        assert d.type == spec.type and not d.read_only, spec.name
         assert d.description, spec.name
     assert line.node.describe_parameter("clip.layers").type == ParameterType.PARAMETER_INTEGER_ARRAY
     assert line.node.describe_parameter("refiner.threshold").floating_point_range[0].to_value == 1.0
-    assert line.node.describe_parameter("device").read_only
 
 
 def set_parameters(ros, node_fqn: str, values: dict) -> list:
@@ -242,7 +242,7 @@ def test_live_parameter_change_takes_effect_and_bad_values_are_refused(ros, line
         "refiner.threshold": (1.5, "out of range"),                 # rclpy checks the declared range
         "refiner.dilation_shape": ("hexagon", "choose one of"),     # config.py's rules, via the callback
         "refiner.dilation_size": (24, "must be odd"),
-        "device": ("cpu", "read-only"),                             # needs a model reload
+        "device": ("cpu", "while unconfigured"),                    # needs a model reload
         "decision.score_threshold": ("high", "type"),
     }
     for name, (value, words) in refused.items():

@@ -21,7 +21,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Bool, String  # noqa: E402
 
 from clipsam_ros.config import Config  # noqa: E402
-from clipsam_ros.ros.node import InspectorNode  # noqa: E402
+from clipsam_ros.ros.node import InspectorNode, configure_and_activate  # noqa: E402
 from clipsam_ros.ros.params import overrides_from_config  # noqa: E402
 
 from ros_helpers import SlowFakeInspector, image, ros_fixture, wait_until  # noqa: E402
@@ -42,7 +42,8 @@ def start(ros, namespace: str, seconds: float, gate: threading.Event | None = No
         fakes.append(SlowFakeInspector(cfg, seconds, gate=gate))
         return fakes[-1]
     overrides = overrides_from_config(Config()) + [Parameter(k, value=v) for k, v in settings.items()]
-    node = ros.add(InspectorNode(factory, namespace=namespace, parameter_overrides=overrides, context=ros.context))
+    node = ros.add(configure_and_activate(
+        InspectorNode(factory, namespace=namespace, parameter_overrides=overrides, context=ros.context)))
     verdicts = ros.collect(String, f"/{namespace}/clipsam_inspector/verdict_json", depth=1000)
     rejects = ros.collect(Bool, f"/{namespace}/clipsam_inspector/reject", depth=1000)
     pub = ros.tester.create_publisher(Image, f"/{namespace}/image", 100)
@@ -149,3 +150,56 @@ def test_closing_answers_the_frames_still_queued(ros):
     snap = node.stats.snapshot()
     assert snap.errors["shutdown"] == 3 and snap.in_flight == 0
     ros.remove(node)
+
+
+def test_a_verdict_after_the_deadline_is_published_marked_late_and_counted(ros):
+    """decision.deadline_ms: frame 1 is held in inference past the deadline (the gate, not the
+    machine's speed, decides); frame 2 is stamped 60 s ahead, so it cannot be late on any machine."""
+    from rclpy.time import Time
+
+    from clipsam_ros.ros.messages import diagnostic_values
+
+    gate = threading.Event()
+    deadline_ms = 200.0
+    node, pub, verdicts, rejects = start(ros, "q_late", 0.0, gate, **{"decision.deadline_ms": deadline_ms})
+    now = Time.from_msg(node.get_clock().now().to_msg())
+    sec, nanosec = divmod(now.nanoseconds, 1_000_000_000)
+    pub.publish(image(FRAME, sec, nanosec))
+    wait_until(lambda: node.inspector.started == 1, 10, "frame 1 in inference")
+    wait_until(lambda: node.get_clock().now().nanoseconds - now.nanoseconds > 2 * deadline_ms * 1e6, 10,
+               "the deadline to pass")
+    gate.set()
+    wait_until(lambda: len(verdicts) == 1, 10, "frame 1's verdict")
+    first = json.loads(verdicts[0].data)
+    assert first["late"] is True and first["verdict"] == "pass"        # still published, marked
+    pub.publish(image(FRAME, sec + 60, nanosec))
+    wait_until(lambda: len(verdicts) == 2, 10, "frame 2's verdict")
+    assert json.loads(verdicts[1].data)["late"] is False
+    snap = node.stats.snapshot()
+    assert snap.late == 1 and snap.answered == 2
+    assert dict(diagnostic_values(snap, 0, 1, {}))["verdicts_late"] == "1"
+    ros.remove(node)
+
+
+def test_no_deadline_no_late_field(ros):
+    node, pub, verdicts, _ = start(ros, "q_nodeadline", 0.0)
+    pub.publish(image(FRAME, 1))
+    wait_until(lambda: len(verdicts) == 1, 10, "a verdict")
+    assert "late" not in json.loads(verdicts[0].data) and node.stats.snapshot().late == 0
+    ros.remove(node)
+
+
+def test_a_best_effort_camera_and_the_reliable_default_are_named_not_silent(ros):
+    """input.reliability is reliable by default; a best-effort camera cannot connect to it, and
+    the node says so (DDS reports the incompatible QoS) instead of only going quiet."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    node, _, _, _ = start(ros, "q_qos", 0.0)
+    assert node.cfg.input.reliability == "reliable"
+    camera = ros.tester.create_publisher(Image, "/q_qos/image",
+                                         QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT))
+    try:
+        wait_until(lambda: node.incompatible_publishers >= 1, 10, "the incompatible QoS event")
+    finally:
+        ros.tester.destroy_publisher(camera)
+        ros.remove(node)

@@ -104,6 +104,7 @@ def test_one_silent_camera_warns_though_the_others_send():
     assert snap.camera_received == (9, 0) and snap.camera_silence_s == (0.5, 9.5)
     level, message = diagnostic_level(None, snap, True, stall_timeout_s=5.0, topics=("/a/image", "/b/image"))
     assert level == 1 and "no frames on /b/image for 9.5 s" in message and "/a/image" not in message
+    assert "QoS" in message and "input.reliability" in message     # a QoS mismatch looks like this too
     assert dict(camera_values(snap, ["a", "b"]))["camera_b_frames_received"] == "0"
     assert camera_values(snap, [""]) == []                       # one camera: the node's own keys say it
 
@@ -139,6 +140,25 @@ def test_diagnostic_level_follows_what_changed():
     assert diagnostic_level(first, first, worker_alive=False)[0] == 2
 
 
+def test_diagnostics_of_an_inactive_node_and_of_late_verdicts():
+    stats = FrameStats(started=0.0)
+    first = stats.snapshot(1.0)
+    assert diagnostic_level(first, first, True, active=False) == (0, "inactive: not inspecting (activate the node)")
+    stats.inactive()
+    level, message = diagnostic_level(first, stats.snapshot(2.0), True, active=False)
+    assert level == 1 and "1 frame(s) arrived" in message and "no verdict" in message
+    assert stats.snapshot(2.0).received == 0               # not received: it never gets a verdict
+    before = stats.snapshot(2.0)
+    for _ in range(200):                                     # 1 late verdict in 200: under the rate
+        stats.received(2.0)
+        stats.answered("pass", 2.0, 2.5)
+    stats.late()
+    assert diagnostic_level(before, stats.snapshot(3.0), True)[0] == 0
+    stats.late(5)
+    level, message = diagnostic_level(before, stats.snapshot(3.0), True)
+    assert level == 1 and "6 of 200 verdict(s)" in message and "decision.deadline_ms" in message
+
+
 def test_throttle_says_one_line_per_period_and_counts_the_rest():
     say = Throttle(period_s=5.0)
     assert say("decode", 0.0) == 0
@@ -156,7 +176,7 @@ def test_every_config_key_has_a_typed_parameter_spec():
     assert specs["input.compressed"].type == ParameterType.PARAMETER_BOOL
     assert specs["refiner.num_positive"].type == ParameterType.PARAMETER_INTEGER
     for key in ("device", "sam.variant", "localizer.method", "input.queue_policy", "clip.layers"):
-        assert specs[key].read_only and "restart" in specs[key].constraints
+        assert specs[key].read_only and "while unconfigured" in specs[key].constraints
     assert "one of: latest, all" in specs["input.queue_policy"].constraints
 
 
@@ -178,12 +198,15 @@ def test_check_change_uses_config_rules_and_touches_nothing():
 
 
 def test_subscription_qos_follows_reliability_and_policy():
-    assert image_subscription_qos(InputConfig()).reliability == ReliabilityPolicy.BEST_EFFORT
+    # reliable by default: best effort loses camera-sized frames between processes
+    assert image_subscription_qos(InputConfig()).reliability == ReliabilityPolicy.RELIABLE
+    video = InputConfig(reliability="best_effort")
+    assert image_subscription_qos(video).reliability == ReliabilityPolicy.BEST_EFFORT   # still selectable
     triggered = InputConfig(reliability="reliable", queue_policy="all", queue_size=8)
     assert image_subscription_qos(triggered).reliability == ReliabilityPolicy.RELIABLE
     assert image_subscription_qos(triggered).history == HistoryPolicy.KEEP_ALL   # no overwrite before the node sees it
     assert policy_warning(triggered) == ""
-    assert "best_effort" in policy_warning(InputConfig(queue_policy="all"))
+    assert "best_effort" in policy_warning(InputConfig(queue_policy="all", reliability="best_effort"))
 
 
 def test_verdict_json_carries_the_stamp_and_the_reject_flag():
@@ -198,7 +221,8 @@ def test_node_subcommand_takes_config_set_and_ros_args():
     args = build_parser().parse_args(["node", "--config", "c.yaml", "--set", "device=cpu",
                                       "--ros-args", "-r", "image:=/cam/image_raw", "-r", "__ns:=/l1"])
     assert (args.config, args.overrides) == ("c.yaml", ["device=cpu"])
-    assert args.ros_args == ["-r", "image:=/cam/image_raw", "-r", "__ns:=/l1"]
+    assert args.ros_args == ["-r", "image:=/cam/image_raw", "-r", "__ns:=/l1"] and not args.managed
+    assert build_parser().parse_args(["node", "--managed"]).managed       # for a lifecycle manager
 
 
 def test_node_overrides_from_a_file_are_complete_and_set_only_its_keys():

@@ -13,7 +13,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     from ..ros.params import overrides_from_config
 
     ros_args = ["--ros-args", *args.ros_args] if args.ros_args else []
-    return run(overrides_from_config(cfg), ["clipsam-ros", *ros_args])
+    return run(overrides_from_config(cfg), ["clipsam-ros", *ros_args], managed=args.managed)
 
 
 def register(subparsers) -> None:
@@ -25,6 +25,8 @@ def register(subparsers) -> None:
                     "-p in --ros-args); use --ros-args for remapping and namespaces, e.g. "
                     "--ros-args -r image:=/camera/image_raw -r __ns:=/line1")
     add_config_args(p)
+    p.add_argument("--managed", action="store_true",
+                   help="stay unconfigured for a lifecycle manager (default: configure and activate)")
     p.add_argument("--ros-args", dest="ros_args", nargs=argparse.REMAINDER, default=[],
                    help="everything after it goes to ROS (remaps, namespace, log level)")
     p.set_defaults(func=cmd_node)

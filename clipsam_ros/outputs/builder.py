@@ -22,6 +22,7 @@ import numpy as np
 from ..decision import Defect, Verdict
 from ..imaging.codec import rgb_to_image_fields
 from ..imaging.overlay import render_overlay
+from .annotations import defect_segments, image_marker
 from .message_types import MessageTypes
 from .topics import TOPICS
 from .vision_msgs import classification, detection_array
@@ -55,8 +56,11 @@ def image_msg(types: MessageTypes, header, pixels: np.ndarray, encoding: str):
     return types.Image(header=header, **fields)
 
 
-def verdict_json(header, verdict: str, score: float, defects: Sequence[Defect] = (), error: str = "") -> str:
-    """The verdict as one JSON line (std_msgs/String has no header, so it carries the stamp)."""
+def verdict_json(header, verdict: str, score: float, defects: Sequence[Defect] = (), error: str = "",
+                 late: bool | None = None) -> str:
+    """The verdict as one JSON line (std_msgs/String has no header, so it carries the stamp).
+
+    `late`: published after decision.deadline_ms (None: no deadline, no field)."""
     out: dict[str, Any] = {
         "header": {"sec": int(header.stamp.sec), "nanosec": int(header.stamp.nanosec),
                    "frame_id": header.frame_id},
@@ -64,6 +68,8 @@ def verdict_json(header, verdict: str, score: float, defects: Sequence[Defect] =
         "defects": [d.to_json() for d in defects]}
     if error:
         out["error"] = error
+    if late is not None:
+        out["late"] = late
     return json.dumps(out)
 
 
@@ -77,12 +83,13 @@ def overlay_msg(types: MessageTypes, header, rgb: np.ndarray, answer: Inspection
 
 def frame_messages(types: MessageTypes, header, rgb: np.ndarray | None,
                    answer: InspectionResult | FrameError,
-                   wanted: Container[str] | None = None) -> dict[str, Any]:
+                   wanted: Container[str] | None = None, late: bool | None = None) -> dict[str, Any]:
     """{topic name: message} for one frame, in publishing order.
 
     `rgb`: the decoded frame, None when it could not be decoded (then no overlay).
     `wanted`: the topic names to build (None: all); the node leaves out image
     topics nobody subscribes to. Topics whose type `types` lacks are never built.
+    `late`: whether the verdict misses decision.deadline_ms (None: no deadline; replay).
     """
     def want(name: str) -> bool:
         return (wanted is None or name in wanted) and types.class_of(TOPICS[name].msgtype) is not None
@@ -97,11 +104,13 @@ def frame_messages(types: MessageTypes, header, rgb: np.ndarray | None,
         out["overlay"] = overlay_msg(types, header, rgb, answer)
     if not error and want("detections"):
         out["detections"] = detection_array(types.vision, header, answer.defects)
+    if not error and want("annotations"):
+        out["annotations"] = image_marker(types, header, defect_segments(answer.mask, answer.defects))
     if want("verdict"):
         out["verdict"] = classification(types.vision, header, answer.verdict, answer.score)
     if want("verdict_json"):
         out["verdict_json"] = types.String(data=verdict_json(header, answer.verdict, answer.score,
-                                                             answer.defects, answer.error))
+                                                             answer.defects, answer.error, late))
     if want("reject"):
         out["reject"] = types.Bool(data=Verdict(answer.verdict).reject)
     return out

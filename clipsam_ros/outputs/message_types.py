@@ -26,12 +26,19 @@ class MessageTypes:
     Bool: Any                            # std_msgs
     vision: VisionTypes | None           # None where vision_msgs is missing: no detections, no verdict
     uint8_array: Callable[[bytes], Any]  # a uint8[] field's value from bytes, as this library wants it
+    # ~/annotations; None where visualization_msgs is missing
+    ImageMarker: Any = None              # visualization_msgs
+    Point: Any = None                    # geometry_msgs
+    ColorRGBA: Any = None                # std_msgs
+    Duration: Any = None                 # builtin_interfaces
 
     def class_of(self, msgtype: str) -> Any | None:
         """The class of a ROS 2 type name ("std_msgs/msg/Bool"); None where this bundle lacks it."""
         package, _, name = msgtype.split("/")
         if package == "vision_msgs":
             return getattr(self.vision, name, None)
+        if package == "visualization_msgs":
+            return self.ImageMarker if name == "ImageMarker" else None
         return getattr(self, name) if name in _OWN_CLASSES else None
 
 
@@ -45,4 +52,6 @@ def from_typestore(typestore) -> MessageTypes:
     vision = vision_types_from_store(t) if "vision_msgs/msg/Classification" in t else None
     return MessageTypes(Header=t["std_msgs/msg/Header"], Time=t["builtin_interfaces/msg/Time"],
                         Image=t["sensor_msgs/msg/Image"], String=t["std_msgs/msg/String"],
-                        Bool=t["std_msgs/msg/Bool"], vision=vision, uint8_array=_numpy_uint8)
+                        Bool=t["std_msgs/msg/Bool"], vision=vision, uint8_array=_numpy_uint8,
+                        ImageMarker=t.get("visualization_msgs/msg/ImageMarker"), Point=t["geometry_msgs/msg/Point"],
+                        ColorRGBA=t["std_msgs/msg/ColorRGBA"], Duration=t["builtin_interfaces/msg/Duration"])

@@ -25,6 +25,9 @@ OUTPUT_TOPICS: tuple[OutputTopic, ...] = (
     OutputTopic("anomaly_map", "sensor_msgs/msg/Image", True),           # 32FC1, 0..1 (the localizer's S_a)
     OutputTopic("overlay", "sensor_msgs/msg/Image", True),               # bgr8, for RViz
     OutputTopic("detections", "vision_msgs/msg/Detection2DArray", False),
+    # boxes and mask outlines for Foxglove / RViz over the raw image; viewers only, so built
+    # only while someone subscribes, like the images
+    OutputTopic("annotations", "visualization_msgs/msg/ImageMarker", True),
     OutputTopic("verdict", "vision_msgs/msg/Classification", False),
     OutputTopic("verdict_json", "std_msgs/msg/String", False),           # always there: carries the error
     OutputTopic("reject", "std_msgs/msg/Bool", False),                   # last: what an ejector acts on

@@ -11,7 +11,8 @@ Modules, one job each:
     qos.py           subscription and publisher QoS from the config
     cameras.py       each camera's subscription topic and output publishers (from the topic table)
     messages.py      rclpy's message classes for the builder, and the /diagnostics status
-    node.py          InspectorNode, `run` and the `clipsam_inspector` entry point
+    node.py          InspectorNode (a lifecycle node), configure_and_activate, `run` and the
+                     `clipsam_inspector` entry point (--managed: wait for a lifecycle manager)
 
 `clipsam-ros node` is `cli/node.py`. Importing this package does not import rclpy;
 its modules do.

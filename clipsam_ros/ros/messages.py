@@ -23,7 +23,20 @@ def rclpy_message_types() -> MessageTypes:
     """rclpy's output classes; without vision_msgs installed `vision` is None."""
     # rclpy checks a bytes value element by element; array.array('B') is taken as is
     return MessageTypes(Header=Header, Time=Time, Image=Image, String=String, Bool=Bool,
-                        vision=load_vision_types(), uint8_array=functools.partial(array.array, "B"))
+                        vision=load_vision_types(), uint8_array=functools.partial(array.array, "B"),
+                        **load_marker_types())
+
+
+def load_marker_types() -> dict:
+    """The classes of ~/annotations; none where visualization_msgs is not installed."""
+    try:
+        from builtin_interfaces.msg import Duration
+        from geometry_msgs.msg import Point
+        from std_msgs.msg import ColorRGBA
+        from visualization_msgs.msg import ImageMarker
+    except ImportError:
+        return {}
+    return {"ImageMarker": ImageMarker, "Point": Point, "ColorRGBA": ColorRGBA, "Duration": Duration}
 
 
 def load_vision_types() -> VisionTypes | None:
@@ -47,6 +60,9 @@ def load_vision_types() -> VisionTypes | None:
                        PoseWithCovariance, Pose, Point, Quaternion)
 
 
+LATE_WARN_FRACTION = 0.01    # late verdicts above this share of a report's verdicts: WARN
+
+
 def _num(value: float) -> str:
     return "nan" if math.isnan(value) else f"{value:.2f}"
 
@@ -65,7 +81,8 @@ def diagnostic_values(snap: Snapshot, queue_depth: int, queue_capacity: int,
         ("seconds_since_last_frame", _num(snap.since_last_frame_s)),
         ("frames_in_flight", str(snap.in_flight)),
         ("frames_dropped", str(snap.dropped)),
-        ("frames_lost_in_transport", str(snap.lost_in_transport)),
+        ("frames_while_inactive", str(snap.inactive)),
+        ("verdicts_late", str(snap.late)),
         ("verdicts_pass", str(snap.verdicts["pass"])),
         ("verdicts_fail", str(snap.verdicts["fail"])),
         ("verdicts_error", str(snap.verdicts["error"])),
@@ -89,8 +106,13 @@ def camera_values(snap: Snapshot, names: list[str]) -> list[tuple[str, str]]:
 
 
 def diagnostic_level(prev: Snapshot | None, snap: Snapshot, worker_alive: bool,
-                     stall_timeout_s: float = 0.0, topics: tuple[str, ...] = ("image",)) -> tuple[int, str]:
+                     stall_timeout_s: float = 0.0, topics: tuple[str, ...] = ("image",),
+                     active: bool = True) -> tuple[int, str]:
     """(0 OK | 1 WARN | 2 ERROR, one-line message) from what changed since the last report.
+
+    Inactive (lifecycle): frames that still arrive are a WARN (nobody inspects them).
+    More than LATE_WARN_FRACTION of the verdicts since the last report published after
+    decision.deadline_ms is a WARN: the ejector may have acted without them.
 
     No frame for `stall_timeout_s` seconds (0 = never) is a WARN: a stalled camera
     or a broken remap must not look like a quiet, healthy line. With several cameras
@@ -100,21 +122,30 @@ def diagnostic_level(prev: Snapshot | None, snap: Snapshot, worker_alive: bool,
         return 2, "inference thread stopped: frames are not being inspected"
     errors = snap.verdicts["error"] - (prev.verdicts["error"] if prev else 0)
     dropped = snap.dropped - (prev.dropped if prev else 0)
-    lost = snap.lost_in_transport - (prev.lost_in_transport if prev else 0)
+    late = snap.late - (prev.late if prev else 0)
+    answered = snap.answered - (prev.answered if prev else 0)
+    ignored = snap.inactive - (prev.inactive if prev else 0)
     summary = f"{snap.input_rate_hz:.1f} Hz in, {snap.processed_rate_hz:.1f} Hz inspected"
     if errors:
         return 2, f"{errors} error verdict(s) since the last report ({snap.last_error}); {summary}"
+    if not active:
+        if ignored:
+            return 1, f"inactive: {ignored} frame(s) arrived since the last report and got no verdict"
+        return 0, "inactive: not inspecting (activate the node)"
+    if late and late > LATE_WARN_FRACTION * answered:
+        return 1, (f"{late} of {answered} verdict(s) since the last report later than decision.deadline_ms; "
+                   f"{summary}")
     silences = snap.camera_silence_s or (snap.since_last_frame_s,)
     stalled = [(topic, s) for topic, s in zip(topics, silences) if stall_timeout_s > 0 and s >= stall_timeout_s]
     if stalled:
         topic, silence = stalled[0]
         more = f" (and {len(stalled) - 1} more camera(s))" if len(stalled) > 1 else ""
         return 1, (f"no frames on {topic} for {silence:.1f} s{more} "
-                   f"(input.stall_timeout_s {stall_timeout_s:g}); check the camera and the remapping")
+                   f"(input.stall_timeout_s {stall_timeout_s:g}); check the camera, the remapping and the QoS "
+                   f"(input.reliability must match the publisher's; large best_effort frames can be lost "
+                   f"between processes)")
     if dropped:
         return 1, f"{dropped} frame(s) dropped (queue_policy latest) since the last report; {summary}"
-    if lost:
-        return 1, f"{lost} frame(s) lost in transport since the last report; {summary}"
     return 0, f"ok: {summary}"
 
 

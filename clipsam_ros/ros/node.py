@@ -26,6 +26,7 @@ mask, map or detections because there is no result to show.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -40,19 +41,28 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import qos_policy_name_from_kind
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 
-from ..config import NODE_NAME, Config, load, set_value
+from ..config import NODE_NAME, Config, load, needs_reload, set_value
 from ..decision import Verdict
-from ..errors import one_line
+from ..errors import ClipsamError, one_line
 from ..imaging.codec import ImageDecodeError, compressed_to_rgb, image_to_rgb
-from ..outputs.builder import FrameError, frame_messages
-from .cameras import Camera, create_cameras
+from ..outputs.builder import FrameError, frame_messages, stamp_ns
+from .cameras import Camera, camera_topics, create_cameras
 from .frame_queue import Frame, FrameQueue
 from .messages import camera_values, diagnostic_array, diagnostic_level, diagnostic_values, rclpy_message_types
-from .params import check_change, config_keys, declare_config, overrides_from_config, plain
+from .params import (
+    READ_ONLY_NOTE,
+    check_change,
+    config_keys,
+    declare_config,
+    overrides_from_config,
+    plain,
+    read_config,
+)
 from .qos import image_subscription_qos, policy_warning
 from .stats import FrameStats
 
@@ -113,51 +123,131 @@ def _default_inspector(cfg: Config) -> Inspector:
     return Inspector.from_config(cfg, progress=False)
 
 
-class InspectorNode(Node):
+class InspectorNode(LifecycleNode):
+    """The inspection node as a ROS 2 lifecycle node (the yolo_ros pattern).
+
+    unconfigured: parameters declared, nothing loaded (set any key here).
+    configure:    the Inspector (models) from the parameters, warm-up; a failure logs one line,
+                  fails the transition and leaves the node unconfigured, to be configured again.
+    activate:     subscribe (once) and start the inference thread.
+    deactivate:   stop taking frames; the frame in inference gets its verdict, the waiting ones
+                  are answered per the queue policy (never "pass"); later frames are counted.
+    cleanup:      publishers and subscriptions gone, models freed (and CUDA memory).
+    shutdown:     from any state, through the above.
+    `configure_and_activate(node)` does what `clipsam-ros node` and the tests need.
+    """
+
     def __init__(self, inspector_factory: Callable[[Config], Inspector] | None = None,
                  node_name: str = NODE_NAME, **node_kwargs: Any):
-        """Declare the parameters, build the Inspector from them, then subscribe.
+        """Declare the parameters; nothing is loaded before `configure`.
 
         `inspector_factory(cfg)` builds the Inspector (default Inspector.from_config);
-        tests pass one that returns a prebuilt Inspector. Raises ConfigError.
+        tests pass one that returns a prebuilt Inspector. Raises ConfigError on a parameter
+        value no key accepts.
         """
         super().__init__(node_name, **node_kwargs)
-        cfg = declare_config(self)
-        self.inspector = (inspector_factory or _default_inspector)(cfg)
-        self.cfg: Config = self.inspector.cfg
+        self._factory = inspector_factory or _default_inspector
+        self.cfg: Config = declare_config(self)
         self._keys = set(config_keys())
         self._cfg_lock = threading.Lock()
         self._pending: dict[str, Any] = {}        # accepted parameter changes, applied between frames
         self.add_on_set_parameters_callback(self._on_set_parameters)
-
         self.types = rclpy_message_types()
+        self.inspector: Inspector | None = None
+        self.cameras: list[Camera] = []
+        self.queue: FrameQueue | None = None
+        self.stats: FrameStats | None = None
+        self.configure_error = ""                 # the last failed configure's one line
+        self.log_configure_errors = True          # off where the caller prints it (run: exit 1)
+        self.incompatible_publishers = 0          # camera publishers whose QoS cannot match ours
+        self._active = False
+        self._closed = True
+        self._worker: threading.Thread | None = None
+        self._throttle = Throttle()
+        self._previous = None
+        self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        # a steady clock: diagnostics keep their 1 Hz while sim time is paused or replayed fast
+        self.create_timer(1.0, self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME))
+
+    # ------------------------------------------------------------ lifecycle transitions
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            cfg = read_config(self)
+            self.inspector = self._factory(cfg)
+            self.cfg = self.inspector.cfg
+            self._warm_up(len(camera_topics(self.cfg.input)))
+        except Exception as exc:  # noqa: BLE001 - a failed configure is a state, not a crash
+            self.configure_error = one_line(exc)
+            if self.log_configure_errors:
+                self.get_logger().error(f"configure failed: {self.configure_error}")
+            self._free_models()
+            return TransitionCallbackReturn.FAILURE
+        with self._cfg_lock:
+            self._pending.clear()      # already in the parameters the Inspector was built from
+        self.configure_error = ""
+        inp = self.cfg.input
         if self.types.vision is None:
             self.get_logger().warning("vision_msgs is not installed: ~/detections and ~/verdict are not "
                                       "published; ~/verdict_json and ~/reject carry the verdict")
-        self.cameras: list[Camera] = create_cameras(self, self.cfg.input, self.types)
-        self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-
-        inp = self.cfg.input
-        self._warm_up()          # before the stats start: a long compile is not a stalled camera
-        self.queue = FrameQueue(inp.queue_policy, inp.queue_size, cameras=len(self.cameras))
-        self.stats = FrameStats(cameras=len(self.cameras))
-        self._throttle = Throttle()
-        self._decode = compressed_to_rgb if inp.compressed else image_to_rgb
-        self._closed = False
+        self.cameras = create_cameras(self, inp, self.types)
+        self.stats = FrameStats(cameras=len(self.cameras))   # after warm-up: a compile is not a stall
         self._previous = None
-        self._worker = threading.Thread(target=self._work, name="clipsam_inference", daemon=True)
-        self._worker.start()
-        for camera in self.cameras:
-            camera.subscription = self._subscribe(camera, CompressedImage if inp.compressed else Image,
-                                                  image_subscription_qos(inp))
-        # a steady clock: diagnostics keep their 1 Hz while sim time is paused or replayed fast
-        self.create_timer(1.0, self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self._decode = compressed_to_rgb if inp.compressed else image_to_rgb
         if policy_warning(inp):
             self.get_logger().warning(policy_warning(inp))
+        self.get_logger().info(f"configured on {self.inspector.device}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        inp = self.cfg.input
+        self.queue = FrameQueue(inp.queue_policy, inp.queue_size, cameras=len(self.cameras))
+        self._closed = False
+        self._worker = threading.Thread(target=self._work, name="clipsam_inference", daemon=True)
+        self._worker.start()
+        self._active = True
+        for camera in self.cameras:
+            if camera.subscription is None:   # kept while inactive, to count what still arrives
+                camera.subscription = self._subscribe(camera, CompressedImage if inp.compressed else Image,
+                                                      image_subscription_qos(inp))
         self.get_logger().info(
             f"ready: inspecting {self._topic_names()} "
             f"({'CompressedImage' if inp.compressed else 'Image'}, {inp.reliability}, "
             f"queue_policy {inp.queue_policy}) on {self.inspector.device}")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.close()
+        self.get_logger().info("inactive: frames are counted, not inspected")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self.get_logger().info("unconfigured: models freed")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.close()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release(self) -> None:
+        """Undo configure: subscriptions, publishers, the models."""
+        for camera in self.cameras:
+            if camera.subscription is not None:
+                self.destroy_subscription(camera.subscription)
+            for pub in camera.publishers.values():
+                self.destroy_publisher(pub)
+        self.cameras = []
+        self.stats = None
+        self._free_models()
+
+    def _free_models(self) -> None:
+        self.inspector = None
+        gc.collect()
+        torch = sys.modules.get("torch")     # loaded with the models, if ever
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     @property
     def vision(self):
@@ -169,26 +259,35 @@ class InspectorNode(Node):
         """The first (with one camera: the only) camera's topics and publishers."""
         return self.cameras[0]
 
-    def _topic_names(self) -> str:
-        return ", ".join(camera.subscription.topic_name for camera in self.cameras)
+    def _topics(self) -> tuple[str, ...]:
+        # before the first activate there is no subscription to ask for the resolved name
+        return tuple(c.subscription.topic_name if c.subscription is not None else c.topic for c in self.cameras)
 
-    def _warm_up(self) -> None:
-        """Run the configured warm-up frames (one batch per camera count) before subscribing,
-        so the first real part is not the slow one. A failure is logged, not fatal: real
-        frames then show whether the models work, each with a verdict."""
+    def _topic_names(self) -> str:
+        return ", ".join(self._topics())
+
+    def _warm_up(self, cameras: int) -> None:
+        """Run the configured warm-up frames (one batch per camera count) in configure, so the
+        first real part is not the slow one. A failure fails the configure transition."""
         frames = self.cfg.runtime.warmup_frames
         if frames <= 0:
             return
         try:
-            seconds = self.inspector.warm_up(frames, batch=len(self.cameras))
-        except Exception as exc:  # noqa: BLE001 - start-up must report, not die, on a warm-up problem
-            self.get_logger().error(f"warm-up failed: {one_line(exc, with_type=True)}")
-            return
-        self.get_logger().info(f"warm-up: {frames} frame(s) x {len(self.cameras)} camera(s) in {seconds:.1f} s")
+            seconds = self.inspector.warm_up(frames, batch=cameras)
+        except Exception as exc:
+            raise ClipsamError(f"warm-up failed: {one_line(exc, with_type=True)}") from exc
+        self.get_logger().info(f"warm-up: {frames} frame(s) x {cameras} camera(s) in {seconds:.1f} s")
 
     def _subscribe(self, camera: Camera, msg_type, qos):
-        """One camera's subscription, counting what the middleware reports lost where it can."""
-        events = SubscriptionEventCallbacks(message_lost=lambda info: self.stats.lost(info.total_count_change))
+        """One camera's subscription; a publisher whose QoS cannot match it is named in the log
+        (a reliable reader and a best-effort camera never connect: no frame, no error)."""
+        def incompatible(info, topic=camera.topic):
+            self.incompatible_publishers += info.total_count_change
+            self.get_logger().error(
+                f"a publisher on {topic} offers QoS incompatible with input.reliability="
+                f"{self.cfg.input.reliability} ({qos_policy_name_from_kind(info.last_policy_kind)}): no frames "
+                f"arrive from it; set input.reliability to what the camera publishes")
+        events = SubscriptionEventCallbacks(incompatible_qos=incompatible)
 
         def on_image(msg, index=camera.index):
             self._on_image(msg, index)
@@ -201,6 +300,11 @@ class InspectorNode(Node):
 
     def _on_image(self, msg, camera: int = 0) -> None:
         now = time.monotonic()
+        if not self._active:
+            stats = self.stats         # None once cleanup has begun
+            if stats is not None:
+                stats.inactive()       # deactivated: no verdict at all, and never a "pass"
+            return
         frame = Frame(msg=msg, received=now, seq=self.stats.received(now, camera), camera=camera)
         offer = self.queue.offer(frame)
         if offer.dropped is not None:
@@ -217,6 +321,13 @@ class InspectorNode(Node):
         changes = {p.name: p.value for p in params if p.name in self._keys}
         if not changes:
             return SetParametersResult(successful=True)
+        if self.inspector is None:     # unconfigured: `configure` reads and checks the parameters
+            reason = check_change(self.cfg, changes)
+            return SetParametersResult(successful=not reason, reason=reason)
+        rebuild = sorted(name for name in changes if needs_reload(name))
+        if rebuild:
+            return SetParametersResult(successful=False, reason=(
+                f"{', '.join(rebuild)}: {READ_ONLY_NOTE}"))
         with self._cfg_lock:
             reason = check_change(self.cfg, {**self._pending, **changes})
             if reason:
@@ -225,16 +336,23 @@ class InspectorNode(Node):
         return SetParametersResult(successful=True)
 
     def _publish_diagnostics(self) -> None:
-        snap = self.stats.snapshot()
-        level, message = diagnostic_level(self._previous, snap, self._worker.is_alive() or self._closed,
+        stats = self.stats
+        if stats is None:              # unconfigured: nothing is counted yet
+            return
+        snap = stats.snapshot()
+        level, message = diagnostic_level(self._previous, snap, self._worker_ok(), active=self._active,
                                           stall_timeout_s=self.cfg.input.stall_timeout_s,
-                                          topics=tuple(c.subscription.topic_name for c in self.cameras))
+                                          topics=self._topics())
         self._previous = snap
-        values = diagnostic_values(snap, len(self.queue), self.queue.capacity, self._about())
+        waiting, capacity = (len(self.queue), self.queue.capacity) if self.queue is not None else (0, 0)
+        values = diagnostic_values(snap, waiting, capacity, self._about())
         values += camera_values(snap, [camera.name for camera in self.cameras])
         self.pub_diagnostics.publish(diagnostic_array(
             DiagnosticArray, DiagnosticStatus, KeyValue, self.get_clock().now().to_msg(),
             f"{self.get_fully_qualified_name()}: inspection", str(self.inspector.device), level, message, values))
+
+    def _worker_ok(self) -> bool:
+        return self._closed or (self._worker is not None and self._worker.is_alive())
 
     def _about(self) -> dict[str, str]:
         cfg = self.cfg
@@ -312,7 +430,19 @@ class InspectorNode(Node):
     def _publish(self, frame: Frame, rgb: np.ndarray | None, answer: InspectionResult | FrameError) -> None:
         """Build the frame's outputs (images only for subscribers) and publish them in table order."""
         camera = self.cameras[frame.camera]
-        camera.publish(frame_messages(self.types, frame.msg.header, rgb, answer, camera.wanted()))
+        late = self._late(frame.msg.header)
+        camera.publish(frame_messages(self.types, frame.msg.header, rgb, answer, camera.wanted(), late))
+        if late:
+            self.stats.late()
+
+    def _late(self, header) -> bool | None:
+        """Whether a verdict published now misses decision.deadline_ms from the frame's stamp
+        (None when no deadline is set). The node's clock: sim time under use_sim_time."""
+        deadline_ms = self.cfg.decision.deadline_ms
+        if deadline_ms <= 0:
+            return None
+        age_ns = self.get_clock().now().nanoseconds - stamp_ns(header)
+        return age_ns > deadline_ms * 1e6
 
     # ------------------------------------------------------------ either thread
 
@@ -339,13 +469,15 @@ class InspectorNode(Node):
     # ------------------------------------------------------------ shutdown
 
     def close(self, timeout_s: float = SHUTDOWN_WAIT_S) -> None:
-        """Stop taking frames, let the frame being inspected finish, answer the rest.
+        """Stop taking frames, let the frame being inspected finish, answer the rest
+        (deactivate, shutdown, destroy_node).
 
         Under `all`, frames still waiting get an "error" verdict (a triggered part must
         not pass uninspected); under `latest` they are counted as dropped.
         """
         if self._closed:
             return
+        self._active = False
         self._closed = True
         for frame in self.queue.close():
             if self.queue.policy == "all":
@@ -361,11 +493,25 @@ class InspectorNode(Node):
         super().destroy_node()
 
 
+def configure_and_activate(node: InspectorNode) -> InspectorNode:
+    """Bring `node` to active (what `clipsam-ros node` does without a lifecycle manager).
+
+    Raises ClipsamError with configure's one line when a transition fails."""
+    if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+        raise ClipsamError(node.configure_error or "configure failed")
+    if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+        raise ClipsamError("activate failed")
+    return node
+
+
 # ---------------------------------------------------------------- running it
 
 def run(parameter_overrides=None, args: list[str] | None = None,
-        inspector_factory: Callable[[Config], Inspector] | None = None) -> int:
+        inspector_factory: Callable[[Config], Inspector] | None = None, managed: bool = False) -> int:
     """Run the node until SIGINT or SIGTERM, then close it cleanly; returns the exit code.
+
+    It goes to active by itself unless `managed` (a lifecycle manager or the launch file's
+    autostart drive the transitions; the node waits unconfigured).
 
     rclpy's own signal handlers are off so the context stays usable while closing:
     the frames still queued can then be answered before the node goes.
@@ -376,11 +522,16 @@ def run(parameter_overrides=None, args: list[str] | None = None,
     node = None
     try:
         node = InspectorNode(inspector_factory, parameter_overrides=parameter_overrides or [])
+        if not managed:
+            node.log_configure_errors = False     # main() prints the one line and exits 1
+            configure_and_activate(node)
+            node.log_configure_errors = True
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         while not stop.is_set():
             executor.spin_once(timeout_sec=0.1)
         node.get_logger().info("shutting down")
+        node.trigger_shutdown()   # from any state: in-flight frame answered, models freed
         executor.remove_node(node)
     finally:
         if node is not None:
@@ -410,11 +561,13 @@ def main(argv: list[str] | None = None) -> int:
                                          "(default: parameters come from ROS only)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key, e.g. --set refiner.threshold=0.6 (repeatable)")
+    parser.add_argument("--managed", action="store_true",
+                        help="stay unconfigured for a lifecycle manager (default: configure and activate)")
     args = parser.parse_args(remove_ros_args(argv)[1:])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")   # no model hub on a line PC: never wait on one
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return run(config_overrides(args.config, args.overrides), argv)
+        return run(config_overrides(args.config, args.overrides), argv, managed=args.managed)
     except Exception as exc:  # one line, non-zero exit, like the CLI
         print(f"{NODE_NAME}: error: {one_line(exc)}", file=sys.stderr)
         return 1

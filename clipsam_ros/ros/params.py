@@ -4,7 +4,9 @@ Every key of `config.Config` is a parameter of the node under its dotted name
 (`refiner.threshold`), which is what rclpy makes of the nested params YAML. Each
 gets a descriptor made from the key's declaration (`config.spec`): its type, the
 help text as description, its range, its choices and extra rule ("odd") in
-`additional_constraints`, and `read_only` where a change needs the models rebuilt.
+`additional_constraints`. Keys whose change rebuilds the models are not
+`read_only` (a lifecycle manager sets them while the node is unconfigured, then
+configures it); the node refuses them while configured, saying so in the reason.
 All checking of values is `config.set_value`'s; nothing here knows a rule.
 """
 from __future__ import annotations
@@ -35,7 +37,8 @@ _PARAM_TYPES = {(bool, None): Parameter.Type.BOOL, (int, None): Parameter.Type.I
                 (list, int): Parameter.Type.INTEGER_ARRAY, (list, float): Parameter.Type.DOUBLE_ARRAY,
                 (list, str): Parameter.Type.STRING_ARRAY}
 
-READ_ONLY_NOTE = "read-only while running: a change rebuilds the models, so restart the node"
+READ_ONLY_NOTE = ("set only while unconfigured: a change rebuilds the models "
+                  "(deactivate, cleanup, set it, configure, activate)")
 
 
 @dataclass
@@ -45,7 +48,7 @@ class ParamSpec:
     type: int                          # rcl_interfaces ParameterType
     description: str
     constraints: str
-    read_only: bool
+    read_only: bool                    # needs the models rebuilt: refused while configured
     range: tuple[float, float] | None
 
     @property
@@ -88,8 +91,9 @@ def _is_string_list(name: str) -> bool:
 
 
 def descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    # never read_only: the lifecycle node takes model keys while unconfigured (see READ_ONLY_NOTE)
     d = ParameterDescriptor(name=spec.name, type=spec.type, description=spec.description,
-                            additional_constraints=spec.constraints, read_only=spec.read_only)
+                            additional_constraints=spec.constraints)
     if spec.range is not None and spec.type == ParameterType.PARAMETER_INTEGER:
         d.integer_range = [IntegerRange(from_value=int(spec.range[0]), to_value=int(spec.range[1]), step=0)]
     elif spec.range is not None and spec.type == ParameterType.PARAMETER_DOUBLE:
@@ -109,7 +113,7 @@ def overrides_from_config(cfg: Config, keys: list[str] | None = None) -> list[Pa
     out = []
     for k in (keys if keys is not None else values):
         if _is_string_list(k):
-            # rclpy types an empty list as bytes and refuses it; empty is the default anyway
+            # an empty override would reach declare_parameter untyped (bytes): empty is the default
             if values[k]:
                 out.append(Parameter(k, Parameter.Type.STRING_ARRAY, values[k]))
         else:
@@ -123,9 +127,9 @@ def declare_config(node) -> Config:
     Values come from the node's overrides (a params file, `-p`, or parameter_overrides)
     over the dataclass defaults. Raises ConfigError naming the key.
     """
-    cfg = Config()
     for spec in param_specs():
-        # an empty string list is declared by type alone: rclpy cannot type an empty default
+        # rclpy cannot type an empty list default: declare the type, then give it the real
+        # (empty) value, so GetParameters and `ros2 param dump` return it like every other key
         default = Parameter.Type.STRING_ARRAY if _is_string_list(spec.name) and not spec.default else spec.default
         try:
             param = node.declare_parameter(spec.name, default, descriptor(spec))
@@ -134,8 +138,20 @@ def declare_config(node) -> Config:
                               f"({one_line(exc)})") from None
         except InvalidParameterValueException as exc:
             raise ConfigError(f"parameter {spec.name}: {one_line(exc)}") from None
+        if param.type_ == Parameter.Type.NOT_SET:
+            node.set_parameters([Parameter(spec.name, Parameter.Type.STRING_ARRAY, [])])
+    return read_config(node)
+
+
+def read_config(node) -> Config:
+    """The validated Config the node's parameters hold now (what `configure` builds from).
+
+    Raises ConfigError naming the key."""
+    cfg = Config()
+    for name in config_keys():
+        param = node.get_parameter(name)
         if param.type_ != Parameter.Type.NOT_SET:
-            set_value(cfg, spec.name, plain(param.value))
+            set_value(cfg, name, plain(param.value))
     return cfg
 
 

@@ -3,8 +3,11 @@
 The accounting is exact: every received frame is, at any moment, either waiting or
 being inspected (`in_flight`), answered with exactly one verdict, or dropped by the
 `latest` policy, so `received == in_flight + dropped + pass + fail + error`.
-Frames the middleware reports lost before delivery (best effort) were never
-received; they are counted apart, as `lost_in_transport`.
+Frames lost in transport are not counted: DDS reports only some of them (a
+best-effort frame lost in fragments goes unreported), and a count that is wrong
+looks like a healthy line. Frames that arrive while the lifecycle node is
+inactive get no verdict and are counted apart (`inactive`), as are verdicts
+published after `decision.deadline_ms` (`late`; they are also in the verdicts).
 Rates are counted over the last `window_s` seconds; latencies and stage times are
 percentiles over the last `keep` frames.
 """
@@ -28,7 +31,8 @@ STAGES = ("decode", "inference", "publish")
 class Snapshot:
     received: int
     dropped: int
-    lost_in_transport: int
+    inactive: int                  # arrived while the node was inactive: not inspected, no verdict
+    late: int                      # verdicts published after decision.deadline_ms
     verdicts: dict[str, int]
     errors: dict[str, int]
     in_flight: int
@@ -61,7 +65,8 @@ class FrameStats:
         self._camera_received = [0] * self.cameras
         self._camera_last = [self.started] * self.cameras
         self._dropped = 0
-        self._lost = 0
+        self._inactive = 0
+        self._late = 0
         self._verdicts: Counter[str] = Counter()
         self._errors: Counter[str] = Counter()
         self._last_error = ""
@@ -85,10 +90,15 @@ class FrameStats:
         with self._lock:
             self._dropped += count
 
-    def lost(self, count: int) -> None:
-        """Frames the middleware says it lost before they reached the node."""
+    def inactive(self, count: int = 1) -> None:
+        """A frame that arrived while the node was inactive (it gets no verdict)."""
         with self._lock:
-            self._lost += count
+            self._inactive += count
+
+    def late(self, count: int = 1) -> None:
+        """A verdict published after decision.deadline_ms from its frame's stamp."""
+        with self._lock:
+            self._late += count
 
     def answered(self, verdict: str, received_at: float, now: float, error_kind: str = "",
                  error: str = "") -> None:
@@ -123,7 +133,8 @@ class FrameStats:
             return Snapshot(
                 received=self._received,
                 dropped=self._dropped,
-                lost_in_transport=self._lost,
+                inactive=self._inactive,
+                late=self._late,
                 verdicts={v: self._verdicts[v] for v in VERDICTS},
                 errors={k: self._errors[k] for k in ERROR_KINDS},
                 in_flight=self._received - self._dropped - answered,
