@@ -17,7 +17,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clipsam_ros.config import load, set_value  # noqa: E402
+from clipsam_ros.config import (  # noqa: E402
+    config_path,  # noqa: E402
+    load,
+    set_value,
+)
 from clipsam_ros.data.synth import PRODUCTS, make_sample, sample_seed  # noqa: E402
 from clipsam_ros.eval.metrics import iou  # noqa: E402
 from clipsam_ros.inspector import Inspector  # noqa: E402
@@ -25,7 +29,6 @@ from clipsam_ros.models.backends import BACKENDS  # noqa: E402
 from clipsam_ros.models.export import ensure_export  # noqa: E402
 from clipsam_ros.models.sam import sam_encoder_export_spec  # noqa: E402
 from clipsam_ros.models.weights import resolve_weight  # noqa: E402
-from clipsam_ros.resources import config_path  # noqa: E402
 
 CPU = torch.device("cpu")
 PAIRS = [("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")]

@@ -15,11 +15,10 @@ import time
 import numpy as np
 import torch
 
-from clipsam_ros.config import load
+from clipsam_ros.config import config_path, load
 from clipsam_ros.data.synth import make_sample
 from clipsam_ros.models.sam import build_sam
 from clipsam_ros.refine.cps import refine_cps
-from clipsam_ros.resources import config_path
 
 SIZE = (480, 640)
 

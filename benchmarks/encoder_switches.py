@@ -24,10 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def encoder_variants(compile_too: bool) -> dict[str, tuple[torch.nn.Module, bool]]:
-    from clipsam_ros.config import load
+    from clipsam_ros.config import config_path, load
     from clipsam_ros.models.accel import maybe_compile, to_channels_last, use_sdpa
     from clipsam_ros.models.sam import build_sam
-    from clipsam_ros.resources import config_path
 
     cfg = load(config_path("offline.yaml"))
     cfg.runtime.sdpa = False
@@ -74,7 +73,7 @@ warnings.simplefilter("ignore")
 from clipsam_ros.eval.bench import bench_references
 from clipsam_ros.config import load
 from clipsam_ros.inspector import Inspector
-from clipsam_ros.resources import config_path
+from clipsam_ros.config import config_path
 from clipsam_ros.data.synth import make_sample
 cfg = load(config_path("offline.yaml"))
 inspector = Inspector.from_config(cfg, progress=False, references=bench_references(cfg, (640, 480)))

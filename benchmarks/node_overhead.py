@@ -36,10 +36,9 @@ def p50(values) -> float:
 
 
 def build_inspector(tmp: Path):
-    from clipsam_ros.config import load
+    from clipsam_ros.config import config_path, load
     from clipsam_ros.data.synth import generate_dataset
     from clipsam_ros.inspector import Inspector
-    from clipsam_ros.resources import config_path
 
     generate_dataset(tmp, n=3, seed=0, classes=["metal"])
     cfg = load(config_path("offline.yaml"), ["input.queue_policy=all", "input.reliability=reliable"])

@@ -24,6 +24,7 @@ import builtins
 import dataclasses
 import functools
 import re
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -574,3 +575,27 @@ def markdown_table() -> str:
 
 if __name__ == "__main__":
     print(markdown_table())
+
+
+# ---------------------------------------------------------------- the shipped profiles
+
+def share_dirs() -> list[Path]:
+    """Where the package's shared files (config/, launch/) may be, most specific first."""
+    dirs = [Path(__file__).resolve().parents[1]]                   # a source checkout / editable install
+    dirs.append(Path(sys.prefix) / "share" / "clipsam_ros")          # pip / colcon data_files
+    try:  # a sourced ROS 2 workspace; ament_index_python is not rclpy
+        from ament_index_python.packages import get_package_share_directory
+
+        dirs.append(Path(get_package_share_directory("clipsam_ros")))
+    except Exception:  # noqa: BLE001 - not a ROS workspace, or the package is not in it
+        pass
+    return dirs
+
+
+def config_path(name: str) -> Path:
+    """A shipped profile (`inspect.yaml`, `offline.yaml`), installed or in a checkout."""
+    for base in share_dirs():
+        candidate = base / "config" / name
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"config/{name} is not installed with clipsam_ros; pass --config FILE")

@@ -23,7 +23,7 @@ import torch
 
 from .config import Config, ConfigError, RefinerConfig
 from .decision import Defect, Verdict, find_defects, verdict_of
-from .errors import one_line
+from .errors import ClipsamError, one_line
 from .localize.base import AnomalyEstimate, Localizer
 from .models.accel import run_encoders
 from .models.features import ClipFeatures, SamEmbedding
@@ -87,6 +87,10 @@ def check_frame(image_rgb) -> None:
         raise ValueError(f"expected an RGB uint8 HxWx3 frame, got {got}")
 
 
+class WarmUpError(ClipsamError, RuntimeError):
+    """A warm-up frame got verdict "error": the models do not work as configured."""
+
+
 def _every(results: list[InspectionResult | None]) -> list[InspectionResult]:
     """The batch's results, one per frame in order: a gap would misplace a camera's verdict."""
     if any(r is None for r in results):
@@ -143,7 +147,7 @@ class Inspector:
         place of the configured folder or bank (see `localize.build_localizer`)."""
         from .localize import build_localizer
 
-        device = resolve_device(cfg.device)
+        device = sam.device if sam is not None else resolve_device(cfg.device)
         sam = sam or build_sam(cfg, device)
         localizer = build_localizer(cfg, sam, device, progress=progress, references=references)
         return cls(cfg=cfg, sam=sam, localizer=localizer, device=device)
@@ -302,7 +306,7 @@ class Inspector:
                 results = self.inspect_batch([image] * batch) if batch > 1 else [self.inspect(image)]
                 failed = [r.error for r in results if r.verdict == Verdict.ERROR]
                 if failed:
-                    raise RuntimeError(f"warm-up frame failed: {failed[0]}")
+                    raise WarmUpError(f"warm-up frame failed: {failed[0]}")
         finally:
             self._restore(counters)
         return time.perf_counter() - start

@@ -6,7 +6,6 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import numpy as np
-import torch
 
 
 def percentile(values, q: float) -> float:
@@ -21,17 +20,23 @@ class Stopwatch:
     def __init__(self, sync_cuda: bool = False):
         self.ms: dict[str, float] = {}
         self._sync = sync_cuda
+        if sync_cuda:
+            # torch only where the GPU is synchronised: the node and replay import this module
+            # for `percentile` and must not pay torch's import on a bad-config exit
+            import torch
+
+            self._synchronize = torch.cuda.synchronize
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         if self._sync:
-            torch.cuda.synchronize()
+            self._synchronize()
         start = time.perf_counter()
         try:
             yield
         finally:
             if self._sync:
-                torch.cuda.synchronize()
+                self._synchronize()
             self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - start) * 1000.0
 
     def add(self, name: str, ms: float) -> None:

@@ -12,8 +12,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-from clipsam_ros.config import Config, load
-from clipsam_ros.resources import config_path
+from clipsam_ros.config import Config, config_path, load
 
 # Hypothesis: CI draws the same cases on every run (a green main stays green); CLIPSAM_LONG=1
 # explores with fresh random cases and ten times the examples (tests/test_reliability_fuzz.py).

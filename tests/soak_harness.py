@@ -39,10 +39,9 @@ def rss_mb() -> float:
 
 def build_inspector(workdir: Path):
     """The real offline Inspector on the CPU: LiteMedSAM + a reference bank of 3 good synth parts."""
-    from clipsam_ros.config import load
+    from clipsam_ros.config import config_path, load
     from clipsam_ros.data.synth import generate_dataset
     from clipsam_ros.inspector import Inspector
-    from clipsam_ros.resources import config_path
 
     generate_dataset(workdir, n=3, seed=0, size=FRAME_SIZE, classes=["metal"])
     cfg = load(config_path("offline.yaml"), ["device=cpu",
@@ -158,8 +157,8 @@ def run_soak(inspector, policy: str, frames: int, rate_hz: float = 50.0, domain_
         return s.in_flight == 0 and len(node.queue) == 0 and n >= s.answered
     # the deadline follows the measured inference time: everything still queued, plus slack
     per_frame_s = max(node.stats.recent("inference") or [1000.0]) / 1000.0
-    _wait(settled, 30 + 3 * per_frame_s * (queue_size + 2))
-    time.sleep(0.5)
+    if not _wait(settled, 30 + 3 * per_frame_s * (queue_size + 2)):
+        raise RuntimeError(f"the node did not settle: {node.stats.snapshot()}")
     rss_end = rss_mb()
     rss_peak = max(rss_peak, rss_end)
     snap = node.stats.snapshot()

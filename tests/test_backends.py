@@ -206,8 +206,8 @@ def test_an_exported_tiny_net_runs_the_same_on_every_cpu_backend(tmp_path):
 
 def test_cli_export_writes_a_folder_the_config_can_name(offline_cfg, cache, tmp_path, capsys):
     from clipsam_ros.cli.main import main
+    from clipsam_ros.config import config_path
     from clipsam_ros.models.sam import build_sam
-    from clipsam_ros.resources import config_path
 
     _skip_unless_offered("openvino", "fp32")
     out = tmp_path / "exported"

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from clipsam_ros.cli.main import main
+from clipsam_ros.config import config_path
 from clipsam_ros.data.synth import generate_dataset
-from clipsam_ros.resources import config_path
 
 pytestmark = pytest.mark.slow   # subprocesses: the clipsam-ros command line
 

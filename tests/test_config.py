@@ -7,6 +7,7 @@ from clipsam_ros.config import (
     Config,
     ConfigError,
     apply,
+    config_path,
     flatten,
     load,
     needs_reload,
@@ -15,7 +16,6 @@ from clipsam_ros.config import (
     spec,
     specs,
 )
-from clipsam_ros.resources import config_path
 
 
 def test_shipped_profiles_load_and_differ_where_documented():

@@ -21,6 +21,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from clipsam_ros.bags.replay import good_dir_of, run_replay
 from clipsam_ros.bags.rosbag2 import Bag, BagError
 from clipsam_ros.cli.main import main
+from clipsam_ros.config import config_path
 from clipsam_ros.data.synth import make_sample, sample_seed
 from clipsam_ros.data.synth_bag import GT_TOPIC, IMAGE_TOPIC, write_synth_bag
 from clipsam_ros.eval.metrics import METRIC_KEYS
@@ -30,7 +31,6 @@ from clipsam_ros.outputs.builder import image_msg, make_header
 from clipsam_ros.outputs.message_types import from_typestore
 from clipsam_ros.outputs.topics import OUTPUT_TOPICS, recorded_topic
 from clipsam_ros.outputs.vision_msgs_defs import bag_typestore
-from clipsam_ros.resources import config_path
 
 pytestmark = pytest.mark.slow   # whole recordings replayed through the real Inspector
 

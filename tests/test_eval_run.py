@@ -6,9 +6,9 @@ import json
 import pytest
 
 from clipsam_ros.cli.main import main
+from clipsam_ros.config import config_path
 from clipsam_ros.data.synth import generate_dataset
 from clipsam_ros.eval.metrics import METRIC_KEYS
-from clipsam_ros.resources import config_path
 
 pytestmark = pytest.mark.slow   # an eval run over a synthetic dataset
 

@@ -31,6 +31,7 @@ from ros_helpers import (  # noqa: E402
     SlowFakeInspector,
     build_offline_inspector,
     image,
+    inference_deadline,
     pixels,
     raw_image,
     ros_fixture,
@@ -140,7 +141,6 @@ def test_diagnostics_name_every_camera_and_warn_of_a_silent_one(ros):
         assert values["cameras"] == ", ".join(f"/diag/{t}" for t in TOPICS)
         assert int(values["camera_cam_left_frames_received"]) > 5 and values["camera_cam_right_frames_received"] == "0"
         assert float(values["camera_cam_right_seconds_since_last_frame"]) >= 1.0
-        assert float(values["seconds_since_last_frame"]) < 1.0      # the node as a whole looks alive
     finally:
         ros.remove(node)
 
@@ -153,6 +153,7 @@ def inspector(offline_cfg, lite_sam, tmp_path_factory):
 
 
 def test_two_cameras_share_one_encoder_pass_and_keep_their_own_results(ros, inspector):
+    deadline = inference_deadline(inspector, frames=2)      # measured before the counters are read
     node, (left, right), verdicts = start(ros, "real", sharing(inspector), inspector.cfg)
     masks = {cam: ros.collect(Image, f"/real/clipsam_inspector/{cam}/mask") for cam in ("cam_left", "cam_right")}
     rejects = ros.collect(Bool, "/real/clipsam_inspector/cam_left/reject")
@@ -163,7 +164,7 @@ def test_two_cameras_share_one_encoder_pass_and_keep_their_own_results(ros, insp
     try:
         left.publish(image(stain, 11))
         right.publish(image(good, 12))
-        wait_until(lambda: verdicts["cam_left"] and verdicts["cam_right"], 120, "both verdicts")
+        wait_until(lambda: verdicts["cam_left"] and verdicts["cam_right"], deadline, "both verdicts")
         assert stamps(verdicts["cam_left"]) == [(11, "fail")]
         assert stamps(verdicts["cam_right"]) == [(12, "pass")]
         # one image-encoder pass for both cameras' frames (one per frame where the backend's graph

@@ -207,7 +207,7 @@ def test_a_managed_node_process_waits_for_the_manager(ros, tmp_path):
     import signal
     import sys
 
-    from clipsam_ros.resources import config_path
+    from clipsam_ros.config import config_path
 
     from ros_helpers import NodeProcess
 

@@ -14,8 +14,8 @@ rclpy = pytest.importorskip("rclpy")
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
+from clipsam_ros.config import config_path  # noqa: E402
 from clipsam_ros.data.synth import generate_dataset, make_sample  # noqa: E402
-from clipsam_ros.resources import config_path  # noqa: E402
 
 from ros_helpers import FRAME_SIZE, ROOT, NodeProcess, RosHarness, image, process_env, wait_until  # noqa: E402
 

@@ -15,10 +15,15 @@ from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import HistoryPolicy, ReliabilityPolicy  # noqa: E402
 
 from clipsam_ros.cli.main import build_parser  # noqa: E402
-from clipsam_ros.config import Config, InputConfig, flatten, read_params_file  # noqa: E402
+from clipsam_ros.config import (  # noqa: E402
+    Config,
+    InputConfig,
+    config_path,  # noqa: E402
+    flatten,
+    read_params_file,
+)
 from clipsam_ros.decision import Defect  # noqa: E402
 from clipsam_ros.outputs.builder import verdict_json  # noqa: E402
-from clipsam_ros.resources import config_path  # noqa: E402
 from clipsam_ros.ros.frame_queue import Frame, FrameQueue  # noqa: E402
 from clipsam_ros.ros.messages import camera_values, diagnostic_level  # noqa: E402
 from clipsam_ros.ros.node import Throttle, config_overrides  # noqa: E402

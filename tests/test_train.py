@@ -13,7 +13,7 @@ import copy
 import pytest
 import torch
 
-from clipsam_ros.config import load
+from clipsam_ros.config import config_path, load
 from clipsam_ros.data.datasets import read_mask
 from clipsam_ros.data.synth import generate_dataset, make_sample
 from clipsam_ros.eval.metrics import compute_metrics
@@ -22,7 +22,6 @@ from clipsam_ros.inspector import Inspector
 from clipsam_ros.localize import build_heads_clip, build_localizer
 from clipsam_ros.localize.clip_adapter import ClipAdapterLocalizer, load_adapter
 from clipsam_ros.localize.umci import UmciLocalizer, load_umci
-from clipsam_ros.resources import config_path
 from clipsam_ros.train.data import TokenSource, training_samples
 from clipsam_ros.train.trainer import adam_path, fresh_heads, read_metadata, train
 

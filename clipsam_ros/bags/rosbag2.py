@@ -148,7 +148,7 @@ class Bag:
             if self._salvage is not None:
                 raise BagError(f"{self.damage}: read {count} messages before the damage") from None
             raise BagError(f"bag {self.path} is damaged after {count} messages "
-                           f"({type(exc).__name__}: {one_line(exc, 200)})") from None
+                           f"({one_line(exc, 200, with_type=True)})") from None
         if self._salvage is not None:
             raise BagError(f"{self.damage}: read {count} messages, then the data ends")
 

@@ -14,7 +14,6 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def load_config(args: argparse.Namespace, default_name: str):
-    from ..config import load
-    from ..resources import config_path
+    from ..config import config_path, load
 
     return load(args.config or config_path(default_name), args.overrides)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import ConfigError
+
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..data.datasets import load_dataset
@@ -19,7 +21,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     cfg = load_config(args, "inspect.yaml")
     if args.size < 0 or args.shots < 0:
-        raise ValueError(f"--size {args.size} / --shots {args.shots}: use 0 (native / all) or a positive number")
+        raise ConfigError(f"--size {args.size} / --shots {args.shots}: use 0 (native / all) or a positive number")
     classes = load_dataset(args.root, args.layout, args.classes)   # layout errors before loading models
     device = resolve_device(cfg.device)
     evaluator = Evaluator(cfg, build_sam(cfg, device), device, ablations=args.ablation or [],

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..decision import Verdict
 from ..errors import one_line
+from ..imaging.files import ImageFileError
 from .common import EXIT_ERROR, add_config_args, load_config
 
 
@@ -18,7 +19,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     cfg = load_config(args, "inspect.yaml")
     missing = [p for p in args.images if not Path(p).is_file()]
     if missing:  # before the model loading, not after
-        raise FileNotFoundError(f"image {missing[0]} does not exist ({len(missing)} missing)")
+        raise ImageFileError(f"image {missing[0]} does not exist ({len(missing)} missing)")
     inspector = Inspector.from_config(cfg)
     if len(args.images) > 1:
         # every image's timings_ms then is a warm frame's; for one image a warm-up only doubles the run

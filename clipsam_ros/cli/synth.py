@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import ConfigError
+
 
 def cmd_synth(args: argparse.Namespace) -> int:
     if not args.out and not args.bag:
-        raise ValueError("synth needs --out DIR (a dataset) or --bag OUT (a camera recording), or both")
+        raise ConfigError("synth needs --out DIR (a dataset) or --bag OUT (a camera recording), or both")
     if args.out:
         from ..data.synth import generate_dataset
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from ..bags.replay import good_dir_of
 from ..bags.rosbag2 import BagWriter
+from ..config import ConfigError
 from ..outputs.builder import image_msg, make_header
 from ..outputs.message_types import from_typestore
 from .synth import PRODUCTS, make_sample, sample_seed
@@ -52,9 +53,9 @@ def write_synth_bag(out: str | Path, n: int = 8, product: str = "metal", seed: i
                     size: tuple[int, int] = (640, 480), storage: str = "mcap", rate_hz: float = 5.0,
                     n_good: int = 4, progress: bool = True) -> SynthBag:
     if product not in PRODUCTS:
-        raise ValueError(f"product {product!r} is unknown (choose one of: {', '.join(PRODUCTS)})")
+        raise ConfigError(f"product {product!r} is unknown (choose one of: {', '.join(PRODUCTS)})")
     if n < 1 or n_good < 2:
-        raise ValueError(f"need n >= 1 frames and n_good >= 2 good parts, got n={n}, n_good={n_good}")
+        raise ConfigError(f"need n >= 1 frames and n_good >= 2 good parts, got n={n}, n_good={n_good}")
     out = Path(out)
     good = good_dir_of(out)
     good.mkdir(parents=True, exist_ok=True)

@@ -7,11 +7,11 @@ import numpy as np
 from ..decision import Defect, Verdict
 
 # BGR, because overlays go to cv2.imwrite and to bgr8 topics
-VERDICT_COLOURS = {"pass": (60, 180, 60), "fail": (40, 40, 230), "error": (0, 165, 255)}
+VERDICT_COLOURS = {Verdict.PASS: (60, 180, 60), Verdict.FAIL: (40, 40, 230), Verdict.ERROR: (0, 165, 255)}
 MASK_TINT = (40, 40, 230)
 
 
-def render_overlay(image_rgb: np.ndarray, mask: np.ndarray, defects: list[Defect], verdict: str,
+def render_overlay(image_rgb: np.ndarray, mask: np.ndarray, defects: list[Defect], verdict: Verdict | str,
                    score: float, alpha: float = 0.45) -> np.ndarray:
     """A BGR uint8 image: the frame, the mask tinted, one box per defect, and a verdict banner."""
     out = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
@@ -22,7 +22,7 @@ def render_overlay(image_rgb: np.ndarray, mask: np.ndarray, defects: list[Defect
         out[region] = cv2.addWeighted(out, 1 - alpha, tint, alpha, 0)[region]
         contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, contours, -1, MASK_TINT, 1)
-    colour = VERDICT_COLOURS.get(str(verdict), VERDICT_COLOURS[Verdict.ERROR.value])
+    colour = VERDICT_COLOURS.get(Verdict(verdict), VERDICT_COLOURS[Verdict.ERROR])
     thickness = max(1, round(min(out.shape[:2]) / 320))
     for d in defects:
         x0, y0, x1, y1 = d.bbox

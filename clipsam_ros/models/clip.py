@@ -184,11 +184,11 @@ def build_clip(cfg: ClipConfig, device: torch.device, *, pretrained_file: Path |
         if is_tag:
             raise ClipLoadError(
                 f"clip.pretrained={pretrained!r}: the weights for {cfg.model} could not be obtained "
-                f"(no network or model hub? {one_line(exc, 100, 160)}); set clip.pretrained to a local "
+                f"(no network or model hub? {one_line(exc, 100)}); set clip.pretrained to a local "
                 f"weight file or none") from None
         if pretrained is not None:
             raise ClipLoadError(f"clip.pretrained={pretrained}: not loadable as {cfg.model} weights "
-                                f"({one_line(exc, 100, 160)}); check clip.model matches the file") from None
+                                f"({one_line(exc, 100)}); check clip.model matches the file") from None
         raise ClipLoadError(f"clip.model={cfg.model!r} could not be built: {one_line(exc, 160)}") from None
 
     visual = model.visual

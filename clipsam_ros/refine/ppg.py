@@ -57,7 +57,7 @@ def mask_box(mask: np.ndarray) -> np.ndarray:
 def grown_boxes(boxes: np.ndarray, margin: float, size: tuple[int, int]) -> np.ndarray:
     """(B, 4) boxes grown by `margin` pixels on every side, kept inside the (h, w) frame."""
     h, w = size
-    grown = np.asarray(boxes, np.float32) + np.array([-margin, -margin, margin, margin], np.float32)
+    grown = np.asarray(boxes, np.float64) + np.array([-margin, -margin, margin, margin], np.float64)
     return np.clip(grown, 0, [w - 1, h - 1, w - 1, h - 1]).astype(np.float32)
 
 

@@ -13,6 +13,7 @@ from builtin_interfaces.msg import Time
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, Header, String
 
+from ..decision import Verdict
 from ..outputs.message_types import MessageTypes
 from ..outputs.vision_msgs import VisionTypes
 from .stats import ERROR_KINDS, Snapshot
@@ -83,9 +84,7 @@ def diagnostic_values(snap: Snapshot, queue_depth: int, queue_capacity: int,
         ("frames_dropped", str(snap.dropped)),
         ("frames_while_inactive", str(snap.inactive)),
         ("verdicts_late", str(snap.late)),
-        ("verdicts_pass", str(snap.verdicts["pass"])),
-        ("verdicts_fail", str(snap.verdicts["fail"])),
-        ("verdicts_error", str(snap.verdicts["error"])),
+        *((f"verdicts_{v}", str(snap.verdicts[v])) for v in Verdict),
     ]
     values += [(f"errors_{kind}", str(snap.errors[kind])) for kind in ERROR_KINDS]
     values += [(f"{stage}_ms_p50", _num(ms)) for stage, ms in snap.stage_p50_ms.items()]
@@ -120,7 +119,7 @@ def diagnostic_level(prev: Snapshot | None, snap: Snapshot, worker_alive: bool,
     """
     if not worker_alive:
         return 2, "inference thread stopped: frames are not being inspected"
-    errors = snap.verdicts["error"] - (prev.verdicts["error"] if prev else 0)
+    errors = snap.verdicts[Verdict.ERROR] - (prev.verdicts[Verdict.ERROR] if prev else 0)
     dropped = snap.dropped - (prev.dropped if prev else 0)
     late = snap.late - (prev.late if prev else 0)
     answered = snap.answered - (prev.answered if prev else 0)

@@ -380,10 +380,10 @@ class InspectorNode(LifecycleNode):
             try:
                 self._process(frames)
             except Exception as exc:  # a bug here must not cost a frame its verdict, nor stop the thread
-                self.get_logger().error(f"frames {[f.seq for f in frames]}: {type(exc).__name__}: {exc}")
+                self.get_logger().error(f"frames {[f.seq for f in frames]}: {one_line(exc, with_type=True)}")
                 for frame in frames:
                     if not frame.answered:
-                        self._answer_error(frame, "inference", f"{type(exc).__name__}: {exc}")
+                        self._answer_error(frame, "inference", one_line(exc, with_type=True))
 
     def _apply_pending(self) -> None:
         with self._cfg_lock:
@@ -423,7 +423,7 @@ class InspectorNode(LifecycleNode):
         try:
             self._publish(frame, rgb, result)
         except Exception as exc:
-            self._answer_error(frame, "publish", f"{type(exc).__name__}: {exc}")
+            self._answer_error(frame, "publish", one_line(exc, with_type=True))
             return
         self._count(frame, result.verdict)
 
