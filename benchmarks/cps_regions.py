@@ -18,7 +18,7 @@ import torch
 from clipsam_ros.config import config_path, load
 from clipsam_ros.data.synth import make_sample
 from clipsam_ros.models.sam import build_sam
-from clipsam_ros.refine.cps import refine_cps
+from clipsam_ros.refine import refine
 
 SIZE = (480, 640)
 
@@ -48,11 +48,11 @@ def main() -> None:
             refiner = copy.deepcopy(cfg.refiner)
             refiner.max_regions = cap
             amap = blobs(n)
-            refine_cps(amap, embedding, sam, refiner)           # first pass: allocations
+            refine(refiner, amap, embedding, sam)           # first pass: allocations
             times = []
             for _ in range(args.rounds):
                 start = time.perf_counter()
-                result = refine_cps(amap, embedding, sam, refiner)
+                result = refine(refiner, amap, embedding, sam)
                 times.append((time.perf_counter() - start) * 1000.0)
             print(f"| {n} | {cap} | {np.median(times):.0f} | {len(result.prompts)} | {int(result.mask.sum())} |")
 

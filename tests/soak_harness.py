@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
+from clipsam_ros.timing import percentile
 
 FRAME_SIZE = (160, 120)       # (w, h)
 DEFAULT_DOMAIN = 88
@@ -176,8 +176,8 @@ def run_soak(inspector, policy: str, frames: int, rate_hz: float = 50.0, domain_
     inspected_latency = [(v[0][0] - sent_at[sec]) * 1000.0 for sec, v in got.items() if v[0][1] != "error"]
     verdict_counts = {k: sum(1 for v in got.values() for _, verdict in v if verdict == k)
                       for k in ("pass", "fail", "error")}
-    inf_p50 = float(np.percentile(inference, 50)) if inference else float("nan")
-    p95 = float(np.percentile(inspected_latency, 95)) if inspected_latency else float("nan")
+    inf_p50 = percentile(inference, 50)
+    p95 = percentile(inspected_latency, 95)
     growth = (rss_end - rss_warm) / rss_warm * 100.0
     out = {
         "policy": policy, "reliability": reliability, "frames_sent": frames, "rate_hz": rate_hz,
@@ -194,7 +194,7 @@ def run_soak(inspector, policy: str, frames: int, rate_hz: float = 50.0, domain_
         "queue_peak": queue_peak, "queue_capacity": node.queue.capacity,
         "inference_ms_p50": round(inf_p50, 1),
         "inspected_latency_ms": {"n": len(inspected_latency),
-                                 "p50": round(float(np.percentile(inspected_latency, 50)), 1)
+                                 "p50": round(percentile(inspected_latency, 50), 1)
                                  if inspected_latency else None,
                                  "p95": round(p95, 1), "max": round(max(inspected_latency), 1)
                                  if inspected_latency else None},

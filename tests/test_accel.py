@@ -18,6 +18,7 @@ import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from clipsam_ros.data.synth import generate_dataset, make_sample
+from clipsam_ros.eval.metrics import iou
 from clipsam_ros.inspector import Inspector
 from clipsam_ros.localize import build_localizer
 from clipsam_ros.models.accel import (
@@ -268,11 +269,6 @@ def test_warm_up_batch_runs_the_batch_shape(reference_cfg, lite_sam, monkeypatch
 
 # ---------------------------------------------------------------- CUDA (skipped without a GPU)
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = ((a > 0) | (b > 0)).sum()
-    return 1.0 if union == 0 else float(((a > 0) & (b > 0)).sum() / union)
-
-
 def _gpu_inspector(cfg, fast: bool) -> Inspector:
     cfg = copy.deepcopy(cfg)
     cfg.device = "cuda"
@@ -290,7 +286,7 @@ def test_gpu_bf16_fast_path_masks_match_fp32(reference_cfg):
     image, _ = make_sample("metal", "stain", seed=5)
     a, b = plain.inspect(image), fast.inspect(image)
     assert a.verdict == b.verdict == "fail"
-    assert _iou(a.mask, b.mask) > 0.99
+    assert iou(a.mask, b.mask) > 0.99
 
 
 @cuda_only
@@ -311,10 +307,10 @@ def test_gpu_streams_overlap_clip_and_sam_with_the_same_answer(offline_cfg):
         assert b.encoder_calls == a.encoder_calls == {"sam": 1, "clip": 1}
         assert "encoders" in b.timings_ms and "encoders" not in a.timings_ms
         assert b.timings_ms["encoders"] <= b.timings_ms["total"]
-        assert _iou(a.mask, b.mask) > 0.99
+        assert iou(a.mask, b.mask) > 0.99
     results = fast.inspect_batch([image, image])
     assert [r.encoder_calls for r in results] == [{"sam": 1, "clip": 1}] * 2
-    assert _iou(results[0].mask, a.mask) > 0.99
+    assert iou(results[0].mask, a.mask) > 0.99
 
 
 @cuda_only

@@ -179,3 +179,13 @@ def test_the_reload_set_is_whole_sections_plus_the_models_own_keys():
     assert {k for k, s in specs().items() if s.reload and not k.startswith(sections)} == {
         "device", "precision", "compile", "localizer.method", "localizer.checkpoint", "localizer.reference_dir",
         "localizer.bank", "localizer.spatial_radius", "localizer.bank_max_patches", "refiner.method"}
+
+
+def test_method_choices_are_the_registries():
+    """A new localizer or refiner is one module and one registry line; its config choice must follow."""
+    from clipsam_ros.config import spec
+    from clipsam_ros.localize import LOCALIZERS
+    from clipsam_ros.refine import REFINERS
+
+    assert set(spec("localizer.method").choices) == set(LOCALIZERS)
+    assert set(spec("refiner.method").choices) == set(REFINERS)

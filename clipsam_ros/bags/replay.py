@@ -4,7 +4,7 @@
                        [--config F] [--set key=value]...
 
 * BAG: a rosbag2 folder (sqlite3 or mcap), a single `.mcap` / `.db3` file, or
-  a recording cut short (see `bag_io`). Read with `rosbags`.
+  a recording cut short (see `rosbag2.py` and `salvage.py`). Read with `rosbags`.
 * Every image message is inspected, in recorded order; none is dropped. A
   message that cannot be decoded gets verdict "error" (reject) and the replay
   goes on.
