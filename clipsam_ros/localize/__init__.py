@@ -8,7 +8,8 @@ encoder it needs per frame (or None) and maps cached features to an `AnomalyEsti
     clip_zero_shot  training-free CLIP map (prompt ensemble, value-value attention path)
     clip_adapter    the papers' trained linear heads on CLIP patch tokens
     umci            ClipSAM's UMCI heads
-    reference       few-shot: a memory bank of normal parts' patch features
+    reference       few-shot: a PatchCore memory bank of normal parts' patch features
+    stream          zero-shot: each camera's rolling memory of the last frames' patch features
 """
 from __future__ import annotations
 
@@ -77,6 +78,24 @@ def _reference(cfg: Config, sam: SamModel, device: torch.device, references: Seq
     return ReferenceLocalizer(bank, loc, backbone)
 
 
+def _stream(cfg: Config, sam: SamModel, device: torch.device, references: Sequence[np.ndarray] | None,
+            progress: bool) -> Localizer:
+    """A memory per camera, seeded from `references` or `localizer.reference_dir` when given."""
+    from ..imaging.files import read_rgb
+    from .reference import backbone_id, layers_id, list_images
+    from .stream import StreamLocalizer
+
+    loc = cfg.localizer
+    backbone = build_backbone(cfg, device)
+    if references is None and loc.reference_dir:
+        references = [read_rgb(p, fix="remove it from localizer.reference_dir")
+                      for p in list_images(loc.reference_dir)]
+    encode = patch_encoder(sam, backbone)
+    seed = [encode(image) for image in references] if references else None
+    source = f"{backbone_id(loc.backbone, cfg.sam.variant)} layers {layers_id(backbone)}"
+    return StreamLocalizer(loc, backbone, cfg.refiner.threshold, source, seed)
+
+
 def build_heads_clip(cfg: Config, device: torch.device) -> ClipEncoder:
     """The frozen residual-path CLIP that trained heads (clip_adapter, umci) sit on.
 
@@ -125,6 +144,7 @@ LOCALIZERS: dict[str, LocalizerBuilder] = {
     "clip_adapter": _trained_heads,
     "umci": _trained_heads,
     "reference": _reference,
+    "stream": _stream,
 }
 
 

@@ -317,7 +317,15 @@ class ReferenceLocalizer:
         if self.bank.patches.device != query.device:
             self.bank = self.bank.to(query.device)
         dist = distance_map(query, self.bank, self.cfg.knn, self.cfg.spatial_radius, self.cfg.bank_max_patches)
-        score = (dist / (self.bank.normal_distance * self.cfg.distance_scale)).clamp(0, 1)
+        ratio = dist / (self.bank.normal_distance * self.cfg.distance_scale)
+        score = ratio.clamp(0, 1)
         frame = grid_to_frame(score.cpu().numpy(), None if features is not None else sam, self.cfg.sigma,
                               image_size)
-        return AnomalyEstimate(anomaly_map=frame, image_score=float(score.max()))
+        return AnomalyEstimate(anomaly_map=frame, image_score=image_score(ratio))
+
+
+def image_score(ratio: torch.Tensor) -> float:
+    """r/(1+r) of the largest ratio r = distance / (normal_distance · distance_scale): monotone and
+    never saturated, so parts still rank where the map is clipped at 1 (r = 1 gives 0.5)."""
+    top = float(ratio.max())
+    return top / (1.0 + top)
