@@ -203,8 +203,8 @@ class LocalizerConfig:
                                       "to the window's frames", range=(0.0, 1.0))
     stream_skip_defective: bool = key(True, "stream: frames whose map reaches refiner.threshold stay out "
                                             "of the memory")
-    memory: str = key("", "stream: memory file (.safetensors), restored at start and saved on close "
-                          "(empty = none)", reload=True)
+    memory: str = key("", "stream: memory file (.safetensors), restored at start, saved every warmup_frames "
+                          "learnt frames (empty = none)", reload=True)
 
 
 @dataclass
