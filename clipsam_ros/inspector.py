@@ -1,7 +1,8 @@
 """Inspector: one RGB frame → one InspectionResult.
 
-Per frame the SAM image encoder runs exactly once and the CLIP image encoder at
-most once (only when the localizer names one); the localizer and every refiner
+Per frame the SAM image encoder runs exactly once, the CLIP image encoder at most
+once (only when the localizer names one) and an ImageNet backbone at most once
+(only when the localizer names one as its `backbone`); the localizer and every refiner
 stage work on those cached embeddings. Each result carries the encoder calls
 it made and per-stage milliseconds, so the property can be counted from
 outside. A frame that fails anywhere gets verdict "error", never "pass".
@@ -26,6 +27,7 @@ from .decision import Defect, Verdict, find_defects, verdict_of
 from .errors import ClipsamError, one_line
 from .localize.base import AnomalyEstimate, Localizer
 from .models.accel import run_encoders
+from .models.backbone import BackboneFeatures
 from .models.features import ClipFeatures, SamEmbedding
 from .models.sam import SamModel, build_sam
 from .refine import Refinement, refine
@@ -47,7 +49,7 @@ class InspectionResult:
     defects: list[Defect]
     image_score: float                    # the localizer's own image score
     timings_ms: dict[str, float]
-    encoder_calls: dict[str, int]         # {"sam": .., "clip": ..} during this frame
+    encoder_calls: dict[str, int]         # {"sam": .., "clip": .., ["backbone": ..]} during this frame
     refinement: Refinement | None = None
     error: str = ""
 
@@ -127,6 +129,7 @@ class FrameAnalysis:
     clip: ClipFeatures | None             # None when the localizer needs no CLIP
     embedding: SamEmbedding
     estimate: AnomalyEstimate
+    features: BackboneFeatures | None = None   # the backbone's, when the localizer names one
 
 
 @dataclass
@@ -157,20 +160,39 @@ class Inspector:
         """The CLIP image encoder each frame runs, or None when the localizer needs none."""
         return self.localizer.encoder
 
+    @property
+    def backbone(self):
+        """The ImageNet backbone each frame runs (a localizer's `backbone`), or None."""
+        return getattr(self.localizer, "backbone", None)
+
     def _clip_calls(self) -> int:
         encoder = self.clip_encoder
         return int(encoder.calls) if encoder is not None else 0
 
+    def _calls_since(self, sam_before: int, clip_before: int, backbone_before: int) -> dict[str, int]:
+        calls = {"sam": self.sam.images_encoded - sam_before, "clip": self._clip_calls() - clip_before}
+        if self.backbone is not None:
+            calls["backbone"] = self.backbone.images_encoded - backbone_before
+        return calls
+
+    def _backbone_images(self) -> int:
+        return self.backbone.images_encoded if self.backbone is not None else 0
+
     # ------------------------------------------------------------ the two stages
 
-    def analyse(self, image_rgb: np.ndarray, watch: Stopwatch | None = None) -> FrameAnalysis:
-        """Stage 1: the image encoders once each, then the localizer, on a checked frame."""
+    def analyse(self, image_rgb: np.ndarray, watch: Stopwatch | None = None, camera: int = 0) -> FrameAnalysis:
+        """Stage 1: the image encoders once each, then the localizer, on a checked frame.
+        `camera`: which camera it came from (a stream localizer keeps one memory per camera)."""
         watch = watch or self._stopwatch()
         clip_encoder = self.clip_encoder
         clip, embedding = self._encode(
             None if clip_encoder is None else (lambda: clip_encoder.encode_image(image_rgb)),
             lambda: self.sam.encode(image_rgb), watch)
-        return self._localize(image_rgb, clip, embedding, watch)
+        features = None
+        if self.backbone is not None:
+            with watch.stage("backbone"):
+                features = self.backbone.encode(image_rgb)
+        return self._localize(image_rgb, clip, embedding, watch, features, camera)
 
     def conclude(self, analysis: FrameAnalysis, refiner: RefinerConfig | None = None,
                  watch: Stopwatch | None = None) -> InspectionResult:
@@ -195,26 +217,31 @@ class Inspector:
         )
 
     def _localize(self, image_rgb: np.ndarray, clip: ClipFeatures | None, embedding: SamEmbedding,
-                  watch: Stopwatch) -> FrameAnalysis:
+                  watch: Stopwatch, features: BackboneFeatures | None = None, camera: int = 0) -> FrameAnalysis:
         size = image_rgb.shape[:2]
         with watch.stage("localize"):
-            estimate = self.localizer(clip, embedding, size)
-        return FrameAnalysis(size, clip, embedding, estimate)
+            if hasattr(self.localizer, "backbone"):
+                # patch-feature localizers (reference, stream) take the backbone's features and the camera
+                estimate = self.localizer(clip, embedding, size, features=features,  # type: ignore[call-arg]
+                                          camera=camera)
+            else:
+                estimate = self.localizer(clip, embedding, size)
+        return FrameAnalysis(size, clip, embedding, estimate, features)
 
     # ------------------------------------------------------------ frames
 
-    def inspect(self, image_rgb: np.ndarray, watch: Stopwatch | None = None) -> InspectionResult:
+    def inspect(self, image_rgb: np.ndarray, watch: Stopwatch | None = None, camera: int = 0) -> InspectionResult:
         """Inspect one RGB uint8 frame. Never raises for a bad frame: returns verdict "error"."""
         watch = watch or self._stopwatch()
-        sam_before, clip_before = self.sam.images_encoded, self._clip_calls()
+        before = self.sam.images_encoded, self._clip_calls(), self._backbone_images()
 
         def calls() -> dict[str, int]:
-            return {"sam": self.sam.images_encoded - sam_before, "clip": self._clip_calls() - clip_before}
+            return self._calls_since(*before)
 
         try:
             check_frame(image_rgb)
             with watch.stage("total"):
-                result = self.conclude(self.analyse(image_rgb, watch), watch=watch)
+                result = self.conclude(self.analyse(image_rgb, watch, camera), watch=watch)
         except Exception as exc:  # one bad frame must not take the line down: fail safe
             return self._failed(image_rgb, exc, watch, calls())
         result.timings_ms = dict(watch.ms)
@@ -226,7 +253,8 @@ class Inspector:
         """Frames that arrived together (one per camera), each encoder run once for all of them.
 
         Encoder milliseconds are the batch's, shared evenly among its frames. A bad
-        frame gets its own "error" result and does not hold up the others.
+        frame gets its own "error" result and does not hold up the others. A frame's index
+        in the batch is its camera (a stream localizer keeps one memory per camera).
         """
         if len(images_rgb) == 1:
             return [self.inspect(images_rgb[0])]
@@ -248,19 +276,27 @@ class Inspector:
                 None if clip_encoder is None else (lambda: clip_encoder.encode_image_batch(frames)),
                 lambda: self.sam.encode_batch(frames), batch)
             clips = clips if clips is not None else [None] * len(frames)
+            features: list[BackboneFeatures | None] = [None] * len(frames)
+            if self.backbone is not None:
+                with batch.stage("backbone"):
+                    features = list(self.backbone.encode_batch(frames))
         except Exception as exc:
             for i in good:
                 results[i] = self._failed(images_rgb[i], exc, batch, {"sam": 0, "clip": 0})
             return _every(results)
         shared = {stage: ms / len(frames) for stage, ms in batch.ms.items()}
         # overlapped encoders: the frame waited their wall time, not the sum of both
-        shared_wall = shared.get("encoders", sum(shared.values()))
+        shared_wall = shared["encoders"] + shared.get("backbone", 0.0) if "encoders" in shared \
+            else sum(shared.values())
         calls = {"sam": 1, "clip": int(self.clip_encoder is not None)}
-        for i, clip, embedding in zip(good, clips, embeddings):
+        if self.backbone is not None:
+            calls["backbone"] = 1
+        for i, clip, embedding, feats in zip(good, clips, embeddings, features):
             watch = self._stopwatch()
             try:
                 with watch.stage("total"):
-                    result = self.conclude(self._localize(images_rgb[i], clip, embedding, watch), watch=watch)
+                    analysis = self._localize(images_rgb[i], clip, embedding, watch, feats, camera=i)
+                    result = self.conclude(analysis, watch=watch)
             except Exception as exc:
                 results[i] = self._failed(images_rgb[i], exc, watch, calls)
                 continue
@@ -291,15 +327,18 @@ class Inspector:
         `batch` > 1 runs `inspect_batch` on that many frames (one per camera), so a compiled
         encoder has seen the batch shape. `size` is the frame's (height, width). The frame is
         `warmup_frame`, unlike any part, so the prompt decoder runs too. Nothing is counted: frame
-        and encoder counters are restored, and no component learns from it (the localizers
-        keep no per-frame state; the reference bank only moves to the device, as on any first
-        frame). Returns the seconds spent; raises if a warm-up frame fails.
+        and encoder counters are restored, and no component learns from it (a localizer with a
+        `learning` switch, the stream's memory, has it off meanwhile; the reference bank only
+        moves to the device, as on any first frame). Returns the seconds spent; raises if a warm-up frame fails.
         """
         frames = self.cfg.runtime.warmup_frames if frames is None else int(frames)
         if frames <= 0:
             return 0.0
         image = warmup_frame(size)
         counters = self._counters()
+        learning = getattr(self.localizer, "learning", None)
+        if learning is not None:
+            self.localizer.learning = False  # type: ignore[attr-defined]
         start = time.perf_counter()
         try:
             for _ in range(frames):
@@ -309,6 +348,8 @@ class Inspector:
                     raise WarmUpError(f"warm-up frame failed: {failed[0]}")
         finally:
             self._restore(counters)
+            if learning is not None:
+                self.localizer.learning = learning  # type: ignore[attr-defined]
         return time.perf_counter() - start
 
     def _counters(self) -> list[tuple[object, str, int]]:
@@ -317,6 +358,8 @@ class Inspector:
                                             (self.sam, "images_encoded")]
         if self.clip_encoder is not None:
             owners += [(self.clip_encoder, "calls"), (self.clip_encoder, "images_encoded")]
+        if self.backbone is not None:
+            owners += [(self.backbone, "encoder_calls"), (self.backbone, "images_encoded")]
         return [(obj, name, getattr(obj, name)) for obj, name in owners]
 
     @staticmethod

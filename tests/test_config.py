@@ -178,7 +178,10 @@ def test_the_reload_set_is_whole_sections_plus_the_models_own_keys():
     assert all(s.reload for k, s in specs().items() if k.startswith(sections))
     assert {k for k, s in specs().items() if s.reload and not k.startswith(sections)} == {
         "device", "precision", "compile", "localizer.method", "localizer.checkpoint", "localizer.reference_dir",
-        "localizer.bank", "localizer.spatial_radius", "localizer.bank_max_patches", "refiner.method"}
+        "localizer.bank", "localizer.spatial_radius", "localizer.bank_max_patches", "refiner.method",
+        # the backbone, the bank's coreset and the stream's memory are built with the localizer
+        "localizer.backbone", "localizer.backbone_size", "localizer.coreset_ratio", "localizer.window",
+        "localizer.warmup_frames", "localizer.memory"}
 
 
 def test_method_choices_are_the_registries():

@@ -112,3 +112,36 @@ def test_ablation_variants_change_one_thing_and_are_valid_configs():
         set_value(cfg, "refiner.dilation_size", v.refiner.dilation_size)
         set_value(cfg, "refiner.dilation_shape", v.refiner.dilation_shape)
     assert base.dilation_size == 25 and base.method == "cps"     # the base was not modified
+
+
+def test_folders_layout_keeps_references_out_of_the_test_and_counts_verdicts(tmp_path, capsys):
+    """A line's own folder tree: good/, one defect kind with masks, one without."""
+    import json
+
+    from clipsam_ros.cli.main import main
+    from clipsam_ros.data.synth import make_sample
+    from clipsam_ros.resources import config_path
+
+    root = tmp_path / "line"
+    for kind, defect, seeds in (("good", None, range(5)), ("stain", "stain", range(2)),
+                                ("scratch", "scratch", range(1))):
+        (root / kind).mkdir(parents=True)
+        for seed in seeds:
+            image, mask = make_sample("metal", defect, seed=seed, size=(160, 120))
+            cv2.imwrite(str(root / kind / f"{seed:03d}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            if kind == "stain":
+                (root / "masks" / kind).mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(root / "masks" / kind / f"{seed:03d}_mask.png"), mask)
+    data = load_dataset(root, "folders")[0]
+    assert len(data.train_good) == 5 and [s.pixel_truth for s in data.test if s.label] == [False, True, True]
+    out = tmp_path / "report"
+    rc = main(["eval", "--root", str(root), "--layout", "folders", "--shots", "2", "--worst", "0",
+               "--config", str(config_path("offline.yaml")), "--set", "localizer.backbone=efficientnet_lite0",
+               "--set", "refiner.method=none", "--report", str(out)])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["images"]["line"] == 3 + 3                        # 5 good - 2 references, 3 defective
+    confusion = report["confusion"]["line"]
+    assert sum(confusion["good"].values()) == 3 and sum(confusion["defect"].values()) == 3
+    assert 0.0 <= report["classes"]["line"]["image_auroc"] <= 1.0
+    assert report["classes"]["line"]["pixel_auroc"] is not None       # the stain masks give pixel metrics

@@ -85,13 +85,13 @@ def test_an_exception_inside_inference_is_contained(inspector):
 def test_bank_is_saved_and_reloaded_identically(inspector, offline_cfg, lite_sam):
     path = inspector.cfg.localizer.bank
     radius = inspector.cfg.localizer.spatial_radius
-    bank = load_bank(path, "lite_medsam", radius)
-    assert torch.equal(bank.grids, inspector.localizer.bank.grids)
+    bank = load_bank(path, "sam:lite_medsam", "sam", radius)
+    assert torch.equal(bank.patches, inspector.localizer.bank.patches)
     assert bank.normal_distance == pytest.approx(inspector.localizer.bank.normal_distance)
     with pytest.raises(BankError, match="sam.variant"):
-        load_bank(path, "vit_h", radius)
+        load_bank(path, "sam:vit_h", "sam", radius)
     with pytest.raises(BankError, match="spatial_radius"):
-        load_bank(path, "lite_medsam", radius + 1)
+        load_bank(path, "sam:lite_medsam", "sam", radius + 1)
     cfg = copy.deepcopy(offline_cfg)
     cfg.localizer.bank = path                                  # no reference_dir: the file is enough
     reloaded = build_localizer(cfg, lite_sam, torch.device("cpu"))

@@ -4,7 +4,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from clipsam_ros.localize.reference import MemoryBank, build_bank, distance_map, spatial_knn_distance
+from clipsam_ros.localize.reference import (
+    MemoryBank,
+    build_bank,
+    distance_map,
+    greedy_coreset,
+    grid_positions,
+    sam_grid,
+    spatial_knn_distance,
+)
 from clipsam_ros.models.features import SamEmbedding
 
 
@@ -12,12 +20,19 @@ def grid_of(vectors: torch.Tensor) -> torch.Tensor:
     return F.normalize(vectors, dim=-1)
 
 
+def bank_of(grids: torch.Tensor, radius: int) -> MemoryBank:
+    n, rows, cols, channels = grids.shape
+    return MemoryBank(grids.reshape(-1, channels), grid_positions(rows, cols).repeat(n, 1),
+                      torch.arange(n).repeat_interleave(rows * cols), (rows, cols), 1.0, "sam:lite_medsam",
+                      "sam", radius)
+
+
 def test_a_patch_that_is_normal_only_elsewhere_is_anomalous_here():
     torch.manual_seed(0)
     normal = grid_of(torch.randn(6, 8, 16)).repeat(2, 1, 1, 1)       # two identical good parts
     frame = normal[0].clone()
     frame[1, 1] = normal[0, 4, 6]                                     # belt where the ring should be
-    bank = MemoryBank(normal, 1.0, "lite_medsam", 1)
+    bank = bank_of(normal, 1)
     local = distance_map(frame, bank, k=1, radius=1, max_patches=10_000)
     anywhere = distance_map(frame, bank, k=1, radius=-1, max_patches=10_000)
     assert local[1, 1] > 0.3 and anywhere[1, 1] < 1e-5
@@ -44,11 +59,35 @@ def test_calibration_is_leave_one_out_on_the_good_parts():
         grid = next(it)
         feats = torch.zeros(1, 8, 16, 16)
         feats[0, :, :4, :4] = grid.permute(2, 0, 1)
-        return SamEmbedding(feats, original_size=(64, 64), input_size=(64, 64), img_size=256)
+        return sam_grid(SamEmbedding(feats, original_size=(64, 64), input_size=(64, 64), img_size=256))
 
-    bank = build_bank([None] * 3, encode, "lite_medsam", spatial_radius=0, max_patches=100, progress=False)
-    assert bank.grids.shape == (3, 4, 4, 8)
+    bank = build_bank([None] * 3, encode, "sam:lite_medsam", "sam", spatial_radius=0, progress=False)
+    assert bank.patches.shape == (3 * 16, 8) and bank.grid == (4, 4)
     # radius 0, random unit vectors: every leave-one-out distance is large, and so is its quantile
     expected = torch.cat([(1 - (grids[i] * torch.stack([g for j, g in enumerate(grids) if j != i]))
                            .sum(-1).max(dim=0).values).flatten() for i in range(3)])
     assert abs(bank.normal_distance - float(torch.quantile(expected, 0.995))) < 1e-5
+
+
+def test_greedy_coreset_covers_the_full_bank_within_its_radius_better_than_chance():
+    torch.manual_seed(3)
+    # clustered patches, as real parts give: 40 clusters of 50 in 256 dims (projection on)
+    centres = torch.randn(40, 256)
+    x = grid_of((centres[:, None] + 0.15 * torch.randn(40, 50, 256)).reshape(-1, 256))
+    keep, radius = greedy_coreset(x, 100)
+    assert len(set(keep.tolist())) == 100
+    nearest = torch.cdist(x, x[keep]).min(dim=1).values
+    assert float(nearest.max()) <= radius + 1e-5                      # the bound it claims holds
+    assert float(nearest.max()) >= radius - 1e-5                     # and is tight (it is the max)
+    # k-center covers far better than a random subset of the same size (which misses clusters)
+    random = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:100]
+    assert radius < 0.8 * float(torch.cdist(x, x[random]).min(dim=1).values.max())
+    # a larger coreset never covers worse
+    assert greedy_coreset(x, 400)[1] <= radius
+
+
+def test_calibration_with_one_good_image_leaves_out_the_patch_itself():
+    torch.manual_seed(4)
+    grid = grid_of(torch.randn(4, 4, 8))
+    bank = build_bank([None], lambda _: grid, "sam:lite_medsam", "sam", spatial_radius=-1, progress=False)
+    assert bank.normal_distance > 0.2                                 # not 0: the patch did not find itself

@@ -1,6 +1,6 @@
 """`clipsam-ros eval`: the papers' metrics on MVTec-AD, VisA or a synthetic set, with ablations.
 
-    clipsam-ros eval --root R --layout mvtec|visa|synth [--classes C ...] [--config F]
+    clipsam-ros eval --root R --layout mvtec|visa|synth|folders [--classes C ...] [--config F]
                      [--set k=v]... [--ablation cps-stages|dilation]... [--size N] [--shots K]
                      --report DIR
 """
@@ -53,6 +53,7 @@ def register(subparsers) -> None:
     p.add_argument("--size", type=int, default=0,
                    help="resize images so the longer side is N px before evaluating (default 0: own size)")
     p.add_argument("--shots", type=int, default=8,
-                   help="reference localizer: train/good images per class in the bank (default 8, 0 = all)")
+                   help="reference localizer: train/good images per class in the bank (default 8, 0 = all); "
+                        "with --layout folders they come from good/ and are never tested")
     p.add_argument("--worst", type=int, default=3, help="overlays of the N worst images per class (default 3)")
     p.set_defaults(func=cmd_eval)

@@ -5,6 +5,9 @@ Layouts (paths relative to `--root`):
 * mvtec:  <class>/train/good/*.png, <class>/test/<defect|good>/*.png,
           <class>/ground_truth/<defect>/<stem>_mask.png   (0/255)
 * synth:  the same tree, as written by `clipsam-ros synth --out` (classes from the folders)
+* folders: good/*, <defect kind>/*, optional masks/<kind>/<stem>*.png: a line's own images,
+          one class named after the root; every good image is a reference candidate
+          (eval takes its --shots from them and never tests on those)
 * visa:   split_csv/1cls.csv with columns object,split,label,image,mask
           (label normal|anomaly; image and mask paths relative to the root), as in
           the VisA release; masks hold small non-zero ids for defect pixels.
@@ -26,7 +29,7 @@ import numpy as np
 from ..errors import ClipsamError
 from ..imaging.files import IMAGE_SUFFIXES
 
-LAYOUTS = ("mvtec", "visa", "synth")
+LAYOUTS = ("mvtec", "visa", "synth", "folders")
 
 
 class DatasetError(ClipsamError, ValueError):
@@ -39,6 +42,7 @@ class Sample:
     mask: Path | None        # None: a good part, empty mask
     defect: str              # "good" or the defect type
     label: int               # 0 good, 1 anomalous
+    pixel_truth: bool = True  # False: an anomalous image without a mask (image metrics only)
 
 
 @dataclass
@@ -107,6 +111,22 @@ def _visa(root: Path) -> list[ClassData]:
     return [classes[n] for n in sorted(classes)]
 
 
+def _folders(root: Path) -> list[ClassData]:
+    if not (root / "good").is_dir():
+        raise DatasetError(f"--layout folders: expected {root}/good/ (images of good parts) and "
+                           f"{root}/<defect kind>/ folders")
+    good = _images(root / "good")
+    data = ClassData(root.name, train_good=good, test=[Sample(p, None, "good", 0) for p in good])
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in ("good", "masks")):
+        masks = root / "masks" / folder.name
+        for image in _images(folder):
+            found = sorted(masks.glob(f"{image.stem}*")) if masks.is_dir() else []
+            data.test.append(Sample(image, found[0] if found else None, folder.name, 1, bool(found)))
+    if not any(s.label for s in data.test):
+        raise DatasetError(f"--layout folders: {root} has no <defect kind>/ folder with images beside good/")
+    return [data]
+
+
 def load_dataset(root: str | Path, layout: str, classes: Sequence[str] | None = None) -> list[ClassData]:
     """The classes of a dataset root, each with its train/good images and test samples."""
     root = Path(root).expanduser()
@@ -114,7 +134,7 @@ def load_dataset(root: str | Path, layout: str, classes: Sequence[str] | None = 
         raise DatasetError(f"--layout {layout!r} is unknown (choose one of: {', '.join(LAYOUTS)})")
     if not root.is_dir():
         raise DatasetError(f"--root {root} is not a folder")
-    found = _visa(root) if layout == "visa" else _mvtec(root, layout)
+    found = _visa(root) if layout == "visa" else _folders(root) if layout == "folders" else _mvtec(root, layout)
     if classes:
         names = [c.name for c in found]
         unknown = [c for c in classes if c not in names]

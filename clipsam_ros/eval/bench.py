@@ -27,8 +27,8 @@ from ..models.sam import DecoderOutput, SamModel
 from ..timing import percentile
 
 # `encoders`: the wall time of CLIP and SAM overlapped on CUDA streams (then less than their sum)
-STAGES = ("decode", "clip_encoder", "sam_encoder", "encoders", "localize", "ppg", "cps", "mmr", "fuse", "decide",
-          "total")
+STAGES = ("decode", "clip_encoder", "sam_encoder", "encoders", "backbone", "localize", "ppg", "cps", "mmr", "fuse",
+          "decide", "total")
 BENCH_PRODUCT = "metal"
 
 
@@ -120,8 +120,8 @@ def run_bench(cfg: Config, frames: int = 20, warmup: int = 2, batch: int = 1, na
             per_stage["decode"].append(decode_ms)
             for stage, ms in result.timings_ms.items():
                 per_stage.setdefault(stage, []).append(ms)
-            for k in calls:
-                calls[k] += result.encoder_calls.get(k, 0)
+            for k, n in result.encoder_calls.items():     # "backbone" too, when the localizer has one
+                calls[k] = calls.get(k, 0) + n
     wall = time.perf_counter() - wall_start
     measured = {s: v for s, v in per_stage.items() if v}
     peak_device = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0

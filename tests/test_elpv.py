@@ -1,0 +1,43 @@
+"""Real parts nobody here made: electroluminescence images of solar cells (`elpv-dataset`).
+
+The few-shot localizer on the ImageNet backbone must rank defective cells above good
+ones far better than chance, from 4 good polycrystalline cells (a few seconds)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clipsam_ros.config import Config
+from clipsam_ros.eval.metrics import image_metrics
+from clipsam_ros.localize.reference import ReferenceLocalizer, backbone_grid, build_bank
+from clipsam_ros.models.backbone import BackboneModel
+
+elpv = pytest.importorskip("elpv_dataset")
+
+
+def cells(kind: str, probability: float, n: int) -> list[np.ndarray]:
+    """The first n cells of a type and defect probability, as RGB."""
+    folder = Path(elpv.__file__).parent / "data"
+    rows = np.genfromtxt(folder / "labels.csv", dtype=["|S19", "<f8", "|S4"], names=["path", "p", "type"])
+    picked = [r["path"].decode() for r in rows if r["type"].decode() == kind and r["p"] == probability][:n]
+    return [np.repeat(np.asarray(Image.open(folder / p))[:, :, None], 3, axis=2) for p in picked]
+
+
+def test_few_shot_separates_defective_from_good_solar_cells():
+    cfg = Config()
+    cfg.localizer.backbone, cfg.localizer.spatial_radius, cfg.localizer.distance_scale = "efficientnet_lite0", -1, 4.0
+    backbone = BackboneModel("efficientnet_lite0", torch.device("cpu"))
+    good, bad = cells("poly", 0.0, 12), cells("poly", 1.0, 8)
+    bank = build_bank(good[:4], lambda image: backbone_grid(backbone.encode(image)), "efficientnet_lite0", "",
+                      -1, progress=False)
+    localizer = ReferenceLocalizer(bank, cfg.localizer, backbone)
+    test = good[4:] + bad
+    scores = [localizer(None, None, (300, 300), features=f).image_score  # type: ignore[arg-type]
+              for f in backbone.encode_batch(test)]
+    auroc = image_metrics(scores, [0] * 8 + [1] * 8)["image_auroc"]
+    # measured 0.86 on these 16 cells (chance: 0.5); 0.1 below it for CPU-kernel differences
+    assert auroc >= 0.75, auroc
