@@ -42,6 +42,7 @@ from ..decision import Verdict
 from ..errors import one_line
 from ..eval.metrics import METRIC_KEYS, MetricAccumulator, iou
 from ..imaging.codec import compressed_to_rgb, image_to_rgb
+from ..localize import needs_references
 from ..outputs.builder import frame_messages, make_header, stamp_ns
 from ..outputs.message_types import from_typestore
 from ..outputs.topics import OUTPUT_TOPICS, recorded_topic
@@ -156,7 +157,7 @@ def _check_topics(bag: Bag, image_topic: str, gt_topic: str | None) -> None:
 def _reference_hint(cfg: Config, bag_path: Path) -> None:
     """Fail before loading models when the offline profile has no normal images to learn from."""
     loc = cfg.localizer
-    if loc.method != "reference" or loc.reference_dir or loc.bank:
+    if not needs_references(cfg) or loc.reference_dir or loc.bank:
         return
     good = good_dir_of(bag_path)
     hint = f" (synth --bag wrote {good})" if good.is_dir() else ""

@@ -23,6 +23,7 @@ import torch
 from ..config import Config, flatten
 from ..data.synth import make_sample, sample_seed
 from ..decision import Verdict
+from ..localize import needs_references
 from ..models.sam import DecoderOutput, SamModel
 from ..timing import percentile
 
@@ -79,7 +80,7 @@ def bench_frames(count: int, size: tuple[int, int]) -> list[bytes]:
 
 def bench_references(cfg: Config, size: tuple[int, int]) -> list[np.ndarray] | None:
     """Good parts for a localizer that learns from them, when the config names none."""
-    if cfg.localizer.method != "reference" or cfg.localizer.reference_dir or cfg.localizer.bank:
+    if not needs_references(cfg) or cfg.localizer.reference_dir or cfg.localizer.bank:
         return None
     return [make_sample(BENCH_PRODUCT, None, sample_seed(0, BENCH_PRODUCT, "train/good", i), size=size)[0]
             for i in range(3)]

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..config import Config, to_dict
 from ..imaging.files import read_rgb
+from ..localize import needs_references
 from .metrics import METRIC_KEYS
 from .runner import ClassResult, EvalResult, WorstImage
 from .variants import PIPELINE
@@ -123,7 +124,7 @@ def build_markdown(result: EvalResult, cfg: Config, root: str, layout: str, plot
 
 
 def _bank_note(result: EvalResult, cfg: Config) -> str:
-    if cfg.localizer.method != "reference":
+    if not needs_references(cfg):
         return ""
     sizes = sorted({c.bank_images for c in result.classes})
     return f" (reference bank per class: {'/'.join(map(str, sizes))} train/good images)"

@@ -35,12 +35,10 @@ from ..data.datasets import ClassData, DatasetError, Sample, read_mask
 from ..decision import Defect, Verdict
 from ..imaging.files import read_rgb
 from ..inspector import FrameAnalysis, InspectionResult, Inspector
+from ..localize import needs_references
 from ..timing import Stopwatch
 from .metrics import MetricAccumulator, PixelCurves, iou
 from .variants import PIPELINE, Variant, ablation_variants
-
-# the localizers that learn "normal" from images of good parts: eval gives them each class's shots
-LEARN_FROM_REFERENCES = ("reference",)
 
 
 @dataclass
@@ -106,7 +104,8 @@ class Evaluator:
     # --------------------------------------------------------------- inspectors
 
     def learns_from_references(self) -> bool:
-        return self.cfg.localizer.method in LEARN_FROM_REFERENCES
+        # eval gives a localizer that learns from good parts each class's shots
+        return needs_references(self.cfg)
 
     def inspector_for(self, data: ClassData, bar: tqdm | None = None) -> Inspector:
         """The class's Inspector: one with a bank of the class's shots, or the one shared by all."""

@@ -29,6 +29,15 @@ if TYPE_CHECKING:  # torch, open_clip and SAM load when a localizer is built, no
 
 __all__ = ["AnomalyEstimate", "Localizer", "LOCALIZERS", "build_localizer", "build_heads_clip"]
 
+# the methods that cannot start without normal images (a folder, a saved bank or `references`)
+NEEDS_REFERENCES = frozenset({"reference"})
+
+
+def needs_references(cfg: Config) -> bool:
+    """Whether the configured localizer learns "normal" only from images of good parts."""
+    return cfg.localizer.method in NEEDS_REFERENCES
+
+
 # (config, SAM, device, normal images or None, progress) -> Localizer
 LocalizerBuilder = Callable[[Config, "SamModel", "torch.device", "Sequence[np.ndarray] | None", bool], Localizer]
 
