@@ -7,6 +7,7 @@ session into a temporary weights cache. Speed is measured in `clipsam-ros bench 
 from __future__ import annotations
 
 import json
+import tempfile
 
 import numpy as np
 import pytest
@@ -222,3 +223,32 @@ def test_cli_export_writes_a_folder_the_config_can_name(offline_cfg, cache, tmp_
     with pytest.raises(ExportError, match="runtime.export_dir"):
         build_sam(_cfg(offline_cfg, cache, "openvino", **{"runtime.export_dir": str(out), "runtime.sdpa": False}),
                   CPU)
+
+
+def test_a_compiled_net_shared_by_threads_answers_every_call():
+    """One model may serve several inspectors or threads (the node's worker, a test, another
+    camera's node): each backend takes concurrent calls, as a torch module does."""
+    import threading
+
+    spec = _spec()
+    x = torch.rand(1, 3, 8, 8)
+    want = spec.module(x)
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx = ensure_export(spec, cache_dir=tmp)
+        for name, backend in BACKENDS.items():
+            if backend.unavailable(CPU):
+                continue
+            net = backend.load(onnx, CPU, "fp32")
+            outcomes: list = []
+
+            def calls(net=net, outcomes=outcomes):
+                try:
+                    outcomes.extend(torch.allclose(net(x), want, atol=1e-5) for _ in range(50))
+                except Exception as exc:  # noqa: BLE001 - the failure this test looks for
+                    outcomes.append(exc)
+            threads = [threading.Thread(target=calls) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert outcomes == [True] * 200, (name, [o for o in outcomes if o is not True][:1])

@@ -12,6 +12,7 @@ first entry of `AUTO_ORDER` that is installed and offers the precision on the de
 from __future__ import annotations
 
 import importlib.util
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -139,14 +140,19 @@ class OpenVinoNet:
             "PERFORMANCE_HINT": "LATENCY",
         })
         self.request = self.compiled.create_infer_request()
+        # one request, reused (its buffers stay allocated); a request serves one call at a time, and
+        # a model may be shared by several inspectors or threads, like a torch module
+        self._lock = threading.Lock()
         self.name, self.device = "openvino", device
         self.max_batch = _static_batch([d.get_length() if d.is_static else None
                                         for d in model.inputs[0].get_partial_shape()])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.request.infer({0: _numpy(x)})[0]
-        # the request reuses its output buffer on the next call: copy it out
-        return torch.from_numpy(np.array(out, copy=True)).to(self.device)
+        with self._lock:
+            out = self.request.infer({0: _numpy(x)})[0]
+            # the request reuses its output buffer on the next call: copy it out
+            out = np.array(out, copy=True)
+        return torch.from_numpy(out).to(self.device)
 
 
 def _ov_unavailable(device: torch.device) -> str:
