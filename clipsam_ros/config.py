@@ -587,7 +587,8 @@ def markdown_table() -> str:
         else:
             allowed = s.type.__name__
         shown = "`\"\"`" if s.default == "" else f"`{s.default}`"
-        rows.append(f"| `{key}` | {shown} | {allowed} | {s.help} |")
+        text = s.help.replace("|", "\\|")           # a | in a help text would split the row
+        rows.append(f"| `{key}` | {shown} | {allowed} | {text} |")
     return "\n".join(rows)
 
 
