@@ -75,6 +75,7 @@ def _skip_unless_offered(backend, precision):
         pytest.skip(f"{backend} offers no {precision} on this CPU")
 
 
+@pytest.mark.slow   # every backend over synth frames: exports and compiles the real encoder
 @pytest.mark.parametrize("backend,precision", PAIRS)
 def test_every_backend_gives_torch_fp32s_embeddings_masks_and_verdicts(offline_cfg, cache, images, reference,
                                                                        backend, precision):
@@ -96,6 +97,7 @@ def test_every_backend_gives_torch_fp32s_embeddings_masks_and_verdicts(offline_c
     assert any(r.verdict == "fail" for r in want) and any(r.verdict == "pass" for r in want)
 
 
+@pytest.mark.slow   # the real encoder exported and compiled
 def test_a_batch_through_a_batch_one_graph_is_counted_per_pass(offline_cfg, cache, images):
     from clipsam_ros.models.sam import build_sam
 
@@ -205,6 +207,7 @@ def test_an_exported_tiny_net_runs_the_same_on_every_cpu_backend(tmp_path):
     assert np.isfinite(want.detach().numpy()).all()
 
 
+@pytest.mark.slow   # the real encoder exported through the CLI
 def test_cli_export_writes_a_folder_the_config_can_name(offline_cfg, cache, tmp_path, capsys):
     from clipsam_ros.cli.main import main
     from clipsam_ros.config import config_path

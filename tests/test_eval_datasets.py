@@ -114,13 +114,14 @@ def test_ablation_variants_change_one_thing_and_are_valid_configs():
     assert base.dilation_size == 25 and base.method == "cps"     # the base was not modified
 
 
+@pytest.mark.slow   # an eval run over a generated folder tree
 def test_folders_layout_keeps_references_out_of_the_test_and_counts_verdicts(tmp_path, capsys):
     """A line's own folder tree: good/, one defect kind with masks, one without."""
     import json
 
     from clipsam_ros.cli.main import main
+    from clipsam_ros.config import config_path
     from clipsam_ros.data.synth import make_sample
-    from clipsam_ros.resources import config_path
 
     root = tmp_path / "line"
     for kind, defect, seeds in (("good", None, range(5)), ("stain", "stain", range(2)),

@@ -134,6 +134,7 @@ def test_clip_localizer_encodes_clip_once_per_frame(offline_cfg, lite_sam):
     assert localizer.text_encodes == text_before              # text embeddings once per process
 
 
+@pytest.mark.slow   # three frames through the real models
 def test_frames_from_several_cameras_are_encoded_together_and_counted(inspector):
     stain, truth = make_sample("metal", "stain", seed=5)
     small_good, _ = make_sample("metal", None, seed=9, size=(320, 240))

@@ -17,6 +17,7 @@ def test_lite_medsam_is_tinyvit_in_a_stock_sam(lite_sam):
     assert sam.pixel_mean.flatten().tolist() == [0, 0, 0] and sam.pixel_std.flatten().tolist() == [255] * 3
 
 
+@pytest.mark.slow   # a ViT-B built, saved and loaded
 def test_vit_b_loads_from_a_local_checkpoint(offline_cfg, tmp_path):
     """No official weights can be fetched here: a random ViT-B state dict exercises the same path."""
     from segment_anything import sam_model_registry

@@ -73,6 +73,7 @@ def test_memory_round_trips_and_a_mismatched_file_is_refused(frames, lite0, tmp_
         StreamLocalizer(cfg.localizer, lite0, 0.5, "sam:lite_medsam layers sam")
 
 
+@pytest.mark.slow   # whole frames through the real models
 def test_inspector_answers_warm_up_with_a_rejected_error_and_its_own_warm_up_learns_nothing(lite_sam):
     cfg = stream_cfg()
     localizer = build_localizer(cfg, lite_sam, CPU, progress=False)

@@ -112,6 +112,7 @@ def test_tokens_are_computed_once_and_cached(tokens, samples, encoder):
     assert encoder.calls == calls                          # batches come from memory, not CLIP
 
 
+@pytest.mark.slow   # heads trained on a random ViT (the fast tier keeps the token cache test)
 @pytest.mark.parametrize("method", ["clip_adapter", "umci"])
 def test_training_lowers_the_loss_and_beats_untrained_heads_on_heldout_ap(method, trained, encoder, cfg,
                                                                          heldout):
@@ -184,6 +185,7 @@ def test_every_localizer_with_every_refiner_inspects_a_frame(trained, roots, lit
                 assert result.refinement.prompts and result.mask.any(), where
 
 
+@pytest.mark.slow   # training runs through the CLI
 def test_cli_trains_resumes_and_refuses_in_one_line(roots, tmp_path, short_prompts, capsys):
     from clipsam_ros.cli.main import main
 
