@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -201,6 +201,11 @@ class Inspector:
         watch = watch or self._stopwatch()
         refinement = refine(refiner or self.cfg.refiner, analysis.estimate.anomaly_map, analysis.embedding,
                             self.sam, watch)
+        # NaN compares False with every threshold: a broken map would find no defect and pass
+        for name, values in (("anomaly map", analysis.estimate.anomaly_map), ("pixel scores", refinement.pixel_scores)):
+            if not np.isfinite(values).all():
+                raise ValueError(f"the {name} holds NaN or inf: the weights or precision={self.cfg.precision} "
+                                 "are unusable here (check the checkpoints, or set precision fp32)")
         with watch.stage("decide"):
             defects = find_defects(refinement.mask, refinement.pixel_scores, self.cfg.decision)
         return InspectionResult(
@@ -249,15 +254,20 @@ class Inspector:
         self.frames += 1
         return result
 
-    def inspect_batch(self, images_rgb: list[np.ndarray]) -> list[InspectionResult]:
+    def inspect_batch(self, images_rgb: list[np.ndarray],
+                      cameras: Sequence[int] | None = None) -> list[InspectionResult]:
         """Frames that arrived together (one per camera), each encoder run once for all of them.
 
         Encoder milliseconds are the batch's, shared evenly among its frames. A bad
-        frame gets its own "error" result and does not hold up the others. A frame's index
-        in the batch is its camera (a stream localizer keeps one memory per camera).
+        frame gets its own "error" result and does not hold up the others. `cameras[i]` is
+        the camera frame i came from (default: its index); a stream localizer keeps one
+        memory per camera, so a silent camera must not shift the others' indices.
         """
+        cameras = list(range(len(images_rgb))) if cameras is None else list(cameras)
+        if len(cameras) != len(images_rgb):
+            raise ValueError(f"{len(images_rgb)} frames but {len(cameras)} camera indices")
         if len(images_rgb) == 1:
-            return [self.inspect(images_rgb[0])]
+            return [self.inspect(images_rgb[0], camera=cameras[0])]
         results: list[InspectionResult | None] = [None] * len(images_rgb)
         good = []
         for i, image in enumerate(images_rgb):
@@ -295,7 +305,7 @@ class Inspector:
             watch = self._stopwatch()
             try:
                 with watch.stage("total"):
-                    analysis = self._localize(images_rgb[i], clip, embedding, watch, feats, camera=i)
+                    analysis = self._localize(images_rgb[i], clip, embedding, watch, feats, camera=cameras[i])
                     result = self.conclude(analysis, watch=watch)
             except Exception as exc:
                 results[i] = self._failed(images_rgb[i], exc, watch, calls)
@@ -372,6 +382,7 @@ class Inspector:
 
     def _failed(self, image_rgb, exc: Exception, watch: Stopwatch, calls: dict[str, int]) -> InspectionResult:
         message = one_line(exc, 300, with_type=True)
-        log.error("frame could not be inspected: %s", message)
+        # the caller reports it once per frame in its own way (the node throttles per kind)
+        log.debug("frame could not be inspected: %s", message)
         shape = image_rgb.shape[:2] if getattr(image_rgb, "ndim", 0) >= 2 else (1, 1)
         return error_result(shape, message, dict(watch.ms), calls)

@@ -253,17 +253,19 @@ class SlowFakeInspector:
     started: int = 0                               # calls that have begun
     seen: list = field(default_factory=list)       # frame shapes inspected
     batches: list = field(default_factory=list)    # frames per call
+    cameras: list = field(default_factory=list)    # the camera indices of each call's frames
     warm_ups: list = field(default_factory=list)   # (frames, batch) per warm_up call
 
-    def inspect(self, rgb: np.ndarray):
-        return self.inspect_batch([rgb])[0]
+    def inspect(self, rgb: np.ndarray, camera: int = 0):
+        return self.inspect_batch([rgb], [camera])[0]
 
-    def inspect_batch(self, images: list[np.ndarray]) -> list:
+    def inspect_batch(self, images: list[np.ndarray], cameras: list[int] | None = None) -> list:
         self.started += 1
         if self.gate is not None:
             self.gate.wait()
         self.seen.extend(rgb.shape for rgb in images)
         self.batches.append(len(images))
+        self.cameras.append(list(range(len(images))) if cameras is None else list(cameras))
         time.sleep(self.seconds)
         return [passed(rgb) for rgb in images]
 

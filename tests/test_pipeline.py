@@ -82,6 +82,25 @@ def test_an_exception_inside_inference_is_contained(inspector):
     assert result.encoder_calls["sam"] == 1                  # it got that far, and it says so
 
 
+def test_a_map_with_nan_is_an_error_never_a_pass(inspector):
+    real = inspector.localizer
+
+    class Overflowing:     # a localizer whose map overflowed (e.g. a reduced precision): NaN everywhere
+        encoder = None
+
+        def __call__(self, *args):
+            estimate = real(*args)
+            estimate.anomaly_map = np.full_like(estimate.anomaly_map, np.nan)
+            return estimate
+
+    inspector.localizer = Overflowing()
+    try:
+        result = inspector.inspect(make_sample("metal", None, seed=1)[0])
+    finally:
+        inspector.localizer = real
+    assert result.verdict == "error" and result.reject and "NaN" in result.error
+
+
 def test_bank_is_saved_and_reloaded_identically(inspector, offline_cfg, lite_sam):
     path = inspector.cfg.localizer.bank
     radius = inspector.cfg.localizer.spatial_radius

@@ -90,13 +90,15 @@ def test_frames_arriving_together_are_one_batch_answered_per_camera(ros):
         assert fake.batches == [2]
         assert stamps(verdicts["cam_left"]) == [(1, "pass")] and stamps(verdicts["cam_right"]) == [(2, "pass")]
 
-        # a malformed frame on one camera is that camera's error; the other is still inspected
-        right.publish(raw_image(4, data=b"\0" * 40))
-        left.publish(image(FRAME, 3))
+        # a malformed frame on one camera is that camera's error; the other is still inspected,
+        # as itself: camera 1 stays camera 1 (a stream localizer's memory is per camera)
+        left.publish(raw_image(4, data=b"\0" * 40))
+        right.publish(image(FRAME, 3))
         wait_until(lambda: len(verdicts["cam_left"]) == 2 and len(verdicts["cam_right"]) == 2, 20, "verdicts")
-        assert stamps(verdicts["cam_left"])[1] == (3, "pass")
-        assert stamps(verdicts["cam_right"])[1] == (4, "error")
+        assert stamps(verdicts["cam_right"])[1] == (3, "pass")
+        assert stamps(verdicts["cam_left"])[1] == (4, "error")
         assert fake.batches == [2, 1]
+        assert fake.cameras == [[0, 1], [1]]
         snap = node.stats.snapshot()
         assert snap.received == snap.answered == 4 and snap.errors["decode"] == 1
     finally:

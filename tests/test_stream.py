@@ -85,6 +85,9 @@ def test_inspector_answers_warm_up_with_a_rejected_error_and_its_own_warm_up_lea
     assert result.verdict == "error" and result.reject and "stream warm-up" in result.error
     assert result.encoder_calls == {"sam": 1, "clip": 0, "backbone": 1}
     assert len(localizer.memory(0)) == 1
-    # batches: one memory per camera (the frame's index in the batch)
+    # batches: one memory per camera (by default the frame's index in the batch)
     inspector.inspect_batch([image, image])
     assert len(localizer.memory(0)) == 2 and len(localizer.memory(1)) == 1
+    # a batch without camera 0 (silent this window) feeds the cameras it came from
+    inspector.inspect_batch([image, image], cameras=[2, 1])
+    assert [len(localizer.memory(c)) for c in (0, 1, 2)] == [2, 2, 1]

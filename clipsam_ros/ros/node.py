@@ -407,9 +407,9 @@ class InspectorNode(LifecycleNode):
         t1 = time.perf_counter()
         self.stats.stage("decode", (t1 - t0) * 1000.0)
         self._apply_pending()
-        images = [rgb for _, rgb in decoded]
-        # one camera keeps the plain per-frame call; a batch shares one pass of each encoder
-        results = [self.inspector.inspect(images[0])] if len(images) == 1 else self.inspector.inspect_batch(images)
+        # a batch shares one pass of each encoder; each frame keeps its camera's index (memory)
+        results = self.inspector.inspect_batch([rgb for _, rgb in decoded],
+                                               cameras=[frame.camera for frame, _ in decoded])
         t2 = time.perf_counter()
         self.stats.stage("inference", (t2 - t1) * 1000.0)
         for (frame, rgb), result in zip(decoded, results):
