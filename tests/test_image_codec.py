@@ -422,14 +422,26 @@ def test_compressed_bad_data_raises(case):
     assert "data" in str(info.value) and "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("fraction", [0.3, 0.6, 0.9])
-def test_partially_truncated_jpeg_decodes_or_raises_cleanly(fraction):
-    jpg = compressed(smooth_rgb(), ".jpg").data
-    try:
-        out = compressed_to_rgb(SimpleNamespace(format="jpeg", data=jpg[:int(len(jpg) * fraction)]))
-    except ImageDecodeError:
-        return
-    assert out.shape == (48, 64, 3)
+@pytest.mark.parametrize("fraction", [0.3, 0.6, 0.9, 0.99])
+def test_a_jpeg_cut_short_is_refused_not_filled_with_grey(fraction):
+    jpg = bytes(compressed(smooth_rgb(), ".jpg").data)
+    with pytest.raises(ImageDecodeError, match="end-of-image"):
+        compressed_to_rgb(SimpleNamespace(format="jpeg", data=jpg[:int(len(jpg) * fraction)]))
+    # the whole file, and the whole file padded with zeros or trailing bytes, decode
+    for whole in (jpg, jpg + bytes(16), jpg + b"\xff\xd8 trailing"):
+        assert compressed_to_rgb(SimpleNamespace(format="jpeg", data=whole)).shape == (48, 64, 3)
+
+
+def test_a_progressive_jpeg_with_an_exif_thumbnail_is_complete_only_with_its_own_end():
+    ok, thumb = cv2.imencode(".jpg", smooth_rgb()[:8, :8])
+    ok2, main = cv2.imencode(".jpg", smooth_rgb(), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert ok and ok2
+    exif = b"Exif\0\0" + bytes(thumb)                     # a thumbnail with its own SOS ... FFD9
+    app1 = b"\xff\xe1" + (len(exif) + 2).to_bytes(2, "big") + exif
+    jpg = bytes(main[:2]) + app1 + bytes(main[2:])
+    assert compressed_to_rgb(SimpleNamespace(format="jpeg", data=jpg)).shape == (48, 64, 3)
+    with pytest.raises(ImageDecodeError, match="end-of-image"):
+        compressed_to_rgb(SimpleNamespace(format="jpeg", data=jpg[:-40]))
 
 
 @pytest.mark.parametrize("ext", [".png", ".jpg"])

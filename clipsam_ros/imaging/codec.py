@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import array
 import operator
+import re
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -314,28 +316,59 @@ def _png_size(buf: bytes) -> tuple[int, int] | None:
     return int.from_bytes(buf[20:24], "big"), int.from_bytes(buf[16:20], "big")
 
 
-def _jpeg_size(buf: bytes) -> tuple[int, int] | None:
-    # walk marker segments up to the first SOFn frame header
-    i = 2
-    while i + 4 <= len(buf):
+# a marker inside entropy-coded data: FF (fill FFs allowed) then neither a stuffed 00 nor RST0-7
+_JPEG_MARKER_IN_SCAN = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+_JPEG_CUT = (-1, -1)    # what _jpeg_markers yields when the data ends before end-of-image
+
+
+def _jpeg_markers(buf: bytes) -> Iterator[tuple[int, int]]:
+    """(marker, offset) of each JPEG segment after SOI, in order, skipping the entropy-coded
+    data after each SOS; ends at EOI (FFD9, yielded), at a byte where a marker must be but is
+    not (a layout left to OpenCV), or with _JPEG_CUT when the data runs out first."""
+    i, n = 2, len(buf)
+    while i < n:
         if buf[i] != 0xFF:
-            return None
+            return
+        if i + 1 >= n:
+            break
         marker = buf[i + 1]
-        if marker == 0xFF:           # fill byte
+        if marker == 0xFF:                 # fill byte
             i += 1
             continue
-        if marker in (0x01,) or 0xD0 <= marker <= 0xD7:   # stand-alone markers
+        yield marker, i
+        if marker == 0xD9:
+            return
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:   # markers without a length
             i += 2
             continue
-        length = int.from_bytes(buf[i + 2:i + 4], "big")
+        if i + 4 > n:
+            break
+        i += 2 + int.from_bytes(buf[i + 2:i + 4], "big")
+        if marker == 0xDA:                 # start of scan: entropy-coded data up to the next marker
+            found = _JPEG_MARKER_IN_SCAN.search(buf, min(i, n))
+            if found is None:
+                break
+            i = found.end() - 2
+    yield _JPEG_CUT
+
+
+def _jpeg_size(buf: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first SOFn frame header, or None before one is found."""
+    for marker, i in _jpeg_markers(buf):
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             if i + 9 > len(buf):
                 return None
             return int.from_bytes(buf[i + 7:i + 9], "big"), int.from_bytes(buf[i + 5:i + 7], "big")
-        if marker == 0xDA or length < 2:   # scan data before any frame header
+        if marker == 0xDA:   # scan data before any frame header
             return None
-        i += 2 + length
     return None
+
+
+def _jpeg_cut_short(buf: bytes) -> bool:
+    """Whether the JPEG's data ends before its end-of-image marker. OpenCV decodes such a
+    file anyway and fills the missing rows with grey, which could pass a defect. An EXIF
+    thumbnail's own FFD9 does not count (it sits inside an APP1 segment)."""
+    return _JPEG_CUT in _jpeg_markers(buf)
 
 
 def compressed_to_rgb(msg, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -344,9 +377,9 @@ def compressed_to_rgb(msg, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     The container is recognised from the data's magic bytes (JPEG FFD8, PNG
     89504E47), so free-form `format` text ("jpeg", "bgr8; jpeg compressed
     bgr8", ...) is fine. image_transport's "compressedDepth" PNGs (12-byte
-    header) are decoded as depth and scaled like 16UC1/32FC1. A truncated
-    JPEG that OpenCV still decodes partially is accepted; data OpenCV cannot
-    decode raises ImageDecodeError.
+    header) are decoded as depth and scaled like 16UC1/32FC1. A JPEG cut
+    short before its end marker raises ImageDecodeError (OpenCV would fill
+    the missing rows with grey), as does data OpenCV cannot decode.
     """
     fmt = _field(msg, "format")
     fmt = fmt if isinstance(fmt, str) else repr(fmt)
@@ -370,6 +403,10 @@ def compressed_to_rgb(msg, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             "JPEG (ffd8) or PNG (89504e47) magic bytes")
     if size is not None:
         _check_pixels(size[1], size[0], max_pixels, kind)
+    if kind == "JPEG" and _jpeg_cut_short(buf.tobytes()):
+        raise ImageDecodeError(
+            f"data: {buf.size} bytes of JPEG (format={fmt!r}) that end before its end-of-image "
+            "marker (ffd9): truncated in transport, expected a complete image")
 
     bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if bgr is None or bgr.size == 0:
