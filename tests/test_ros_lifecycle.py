@@ -15,6 +15,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from rcl_interfaces.msg import ParameterType  # noqa: E402
@@ -109,6 +110,11 @@ def test_configure_fails_with_one_line_then_succeeds_after_set_parameters(ros, o
                                  parameter_overrides=overrides_from_config(cfg), context=ros.context))
     life = Lifecycle(ros, "/cycle/clipsam_inspector")
     verdicts = ros.collect(String, "/cycle/clipsam_inspector/verdict_json")
+    diagnostics = ros.collect(DiagnosticArray, "/diagnostics")
+
+    def reported(level, text: str) -> bool:
+        return any(s.name.startswith("/cycle/clipsam_inspector") and s.level == level and text in s.message
+                   for array in list(diagnostics) for s in array.status)
 
     assert life.state() == "unconfigured" and node.inspector is None      # parameters only
     # `ros2 param dump`: every key has a value, the empty camera list too (finding 1)
@@ -125,6 +131,8 @@ def test_configure_fails_with_one_line_then_succeeds_after_set_parameters(ros, o
     assert not life.change(Transition.TRANSITION_CONFIGURE, timeout=60)
     assert life.state() == "unconfigured" and node.inspector is None
     assert "localizer.reference_dir" in node.configure_error and "\n" not in node.configure_error
+    # monitoring sees why nothing is inspected, not a node gone stale
+    wait_until(lambda: reported(DiagnosticStatus.ERROR, "configure failed: "), 10, "the diagnostics of the failure")
 
     result = life.set("localizer.reference_dir", str(tmp_path / "metal" / "train" / "good"))
     assert result.successful, result.reason

@@ -147,7 +147,11 @@ class InspectorNode(LifecycleNode):
         """
         super().__init__(node_name, **node_kwargs)
         self._factory = inspector_factory or _default_inspector
-        self.cfg: Config = declare_config(self)
+        try:
+            self.cfg: Config = declare_config(self)
+        except Exception:
+            super().destroy_node()    # the rcl node exists already: do not leak it
+            raise
         self._keys = set(config_keys())
         self._cfg_lock = threading.Lock()
         self._pending: dict[str, Any] = {}        # accepted parameter changes, applied between frames
@@ -202,14 +206,15 @@ class InspectorNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         inp = self.cfg.input
         self.queue = FrameQueue(inp.queue_policy, inp.queue_size, cameras=len(self.cameras))
-        self._closed = False
-        self._worker = threading.Thread(target=self._work, name="clipsam_inference", daemon=True)
-        self._worker.start()
-        self._active = True
         for camera in self.cameras:
             if camera.subscription is None:   # kept while inactive, to count what still arrives
                 camera.subscription = self._subscribe(camera, CompressedImage if inp.compressed else Image,
                                                       image_subscription_qos(inp))
+        # the thread starts once nothing else can fail, so a failed activate leaves none running
+        self._closed = False
+        self._worker = threading.Thread(target=self._work, name="clipsam_inference", daemon=True)
+        self._worker.start()
+        self._active = True
         self.get_logger().info(
             f"ready: inspecting {self._topic_names()} "
             f"({'CompressedImage' if inp.compressed else 'Image'}, {inp.reliability}, "
@@ -232,7 +237,11 @@ class InspectorNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _release(self) -> None:
-        """Undo configure: subscriptions, publishers, the models."""
+        """Undo configure: subscriptions, publishers, the models. A frame still in inference
+        (close() stopped waiting for it) finishes first: it needs the publishers and the stats."""
+        if self._worker is not None and self._worker.is_alive():
+            self.get_logger().warning("waiting for the frame in inference before freeing the models")
+            self._worker.join()
         for camera in self.cameras:
             if camera.subscription is not None:
                 self.destroy_subscription(camera.subscription)
@@ -337,7 +346,12 @@ class InspectorNode(LifecycleNode):
 
     def _publish_diagnostics(self) -> None:
         stats = self.stats
-        if stats is None:              # unconfigured: nothing is counted yet
+        if stats is None:              # unconfigured: say why nothing is inspected, not go stale
+            level, message = (2, f"configure failed: {self.configure_error}") if self.configure_error \
+                else (0, "unconfigured: no models loaded")
+            self.pub_diagnostics.publish(diagnostic_array(
+                DiagnosticArray, DiagnosticStatus, KeyValue, self.get_clock().now().to_msg(),
+                f"{self.get_fully_qualified_name()}: inspection", "", level, message, []))
             return
         snap = stats.snapshot()
         level, message = diagnostic_level(self._previous, snap, self._worker_ok(), active=self._active,
@@ -383,7 +397,11 @@ class InspectorNode(LifecycleNode):
                 self.get_logger().error(f"frames {[f.seq for f in frames]}: {one_line(exc, with_type=True)}")
                 for frame in frames:
                     if not frame.answered:
-                        self._answer_error(frame, "inference", one_line(exc, with_type=True))
+                        try:
+                            self._answer_error(frame, "inference", one_line(exc, with_type=True))
+                        except Exception as again:  # noqa: BLE001 - counted as error; keep the thread
+                            self.get_logger().error(f"frame {frame.seq}: the error verdict could not be "
+                                                    f"published: {one_line(again, with_type=True)}")
 
     def _apply_pending(self) -> None:
         with self._cfg_lock:
@@ -462,7 +480,12 @@ class InspectorNode(LifecycleNode):
                 f"{source}frame {frame.seq} (stamp {header.stamp.sec}.{header.stamp.nanosec:09d}, frame_id "
                 f"'{header.frame_id}'): {kind}: {error}; verdict error, reject{more}")
         try:
-            self._publish(frame, rgb, FrameError(error))
+            try:
+                self._publish(frame, rgb, FrameError(error))
+            except Exception:  # noqa: BLE001 - the verdict must not depend on the overlay
+                if rgb is None:
+                    raise
+                self._publish(frame, None, FrameError(error))
         finally:
             self._count(frame, Verdict.ERROR, kind, error)
 
