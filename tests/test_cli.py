@@ -29,14 +29,17 @@ def test_inspect_writes_mask_overlay_and_json(metal, tmp_path, capsys):
                  "--set", f"localizer.reference_dir={metal / 'train' / 'good'}",
                  "--out", str(tmp_path), *map(str, images)])
     assert code == 0
-    for image in images:
-        mask = cv2.imread(str(tmp_path / f"{image.stem}_mask.png"), cv2.IMREAD_UNCHANGED)
-        overlay = cv2.imread(str(tmp_path / f"{image.stem}_overlay.png"))
+    # both stems are 000: each result is named by its folder too, none overwrites the other
+    assert not (tmp_path / "000.json").exists()
+    for stem in ("stain_000", "good_000"):
+        mask = cv2.imread(str(tmp_path / f"{stem}_mask.png"), cv2.IMREAD_UNCHANGED)
+        overlay = cv2.imread(str(tmp_path / f"{stem}_overlay.png"))
         assert mask.shape == (240, 320) and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
         assert overlay.shape == (240, 320, 3)
-    data = json.loads((tmp_path / "000.json").read_text())       # both stems are 000: the last one wins
+    assert json.loads((tmp_path / "good_000.json").read_text())["verdict"] == "pass"
+    data = json.loads((tmp_path / "stain_000.json").read_text())
     assert set(data) >= {"verdict", "score", "defects", "timings_ms", "encoder_calls"}
-    assert data["verdict"] in ("pass", "fail") and data["encoder_calls"] == {"sam": 1, "clip": 0}
+    assert data["verdict"] == "fail" and data["encoder_calls"] == {"sam": 1, "clip": 0}
     for defect in data["defects"]:
         assert set(defect) == {"bbox", "area_px", "score"} and len(defect["bbox"]) == 4
     assert "stain/000.png: fail" in capsys.readouterr().out
@@ -73,3 +76,12 @@ def test_demo_writes_the_summary_contract(tmp_path, capsys):
     # the refiner must add something over the thresholded map, on the real pipeline too
     assert summary["mean_iou"]["refined"] > summary["mean_iou"]["coarse"]
     assert "IoU coarse → refined" in capsys.readouterr().out
+
+
+def test_result_names_are_unique_and_stay_plain_where_they_can():
+    from clipsam_ros.outputs.files import result_stems
+
+    assert result_stems(["r/test/hole/000.png", "r/test/good/000.png", "r/x/001.jpg"]) == \
+        ["hole_000", "good_000", "001"]
+    assert result_stems(["a/x/000.png", "b/x/000.png"]) == ["a_x_000", "b_x_000"]
+    assert result_stems(["same.png", "same.png", "same.png"]) == ["same", "same_1", "same_2"]

@@ -14,7 +14,7 @@ from .common import EXIT_ERROR, add_config_args, load_config
 def cmd_inspect(args: argparse.Namespace) -> int:
     from ..imaging.files import read_rgb
     from ..inspector import Inspector
-    from ..outputs.files import write_error, write_result
+    from ..outputs.files import result_stems, write_error, write_result
 
     cfg = load_config(args, "inspect.yaml")
     missing = [p for p in args.images if not Path(p).is_file()]
@@ -27,8 +27,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     status = 0
-    for path in args.images:
-        stem = Path(path).stem
+    for path, stem in zip(args.images, result_stems(args.images)):
         try:
             image = read_rgb(path)
         except (OSError, ValueError) as exc:  # one bad file loses nothing else
