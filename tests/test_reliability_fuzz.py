@@ -31,8 +31,11 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from clipsam_ros.imaging.codec import _ENCODINGS, compressed_to_rgb, image_to_rgb  # noqa: E402
-from clipsam_ros.outputs.builder import verdict_json  # noqa: E402
+from clipsam_ros.outputs.builder import FrameError, frame_messages  # noqa: E402
+from clipsam_ros.ros.messages import rclpy_message_types  # noqa: E402
 from clipsam_ros.ros.node import decode_frame  # noqa: E402
+
+TYPES = rclpy_message_types()
 
 pytestmark = pytest.mark.slow   # the long fuzz: ten thousand messages
 
@@ -61,9 +64,12 @@ def check_answer(msg, rgb, why, sec: int) -> None:
     """The node's answer to one frame: an RGB frame to inspect, or an error verdict with reject."""
     if rgb is None:
         assert why and "\n" not in why, repr(why)
-        out = json.loads(verdict_json(msg.header, "error", 1.0, error=why))
+        # what the node publishes for it: the same builder, an undecodable frame (no rgb)
+        messages = frame_messages(TYPES, msg.header, None, FrameError(why))
+        out = json.loads(messages["verdict_json"].data)
         assert out["verdict"] == "error" and out["reject"] is True and out["header"]["sec"] == sec
-        assert out["error"] == why
+        assert out["error"] == why and messages["reject"].data is True
+        assert not {"mask", "anomaly_map", "overlay"} & set(messages)
     else:
         assert why == ""
         assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.flags.c_contiguous

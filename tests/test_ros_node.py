@@ -22,7 +22,7 @@ from std_msgs.msg import Bool, String  # noqa: E402
 from clipsam_ros.config import ConfigError  # noqa: E402
 from clipsam_ros.data.synth import make_sample  # noqa: E402
 from clipsam_ros.imaging.overlay import VERDICT_COLOURS  # noqa: E402
-from clipsam_ros.ros.node import InspectorNode, configure_and_activate  # noqa: E402
+from clipsam_ros.ros.node import InspectorNode, Throttle, configure_and_activate  # noqa: E402
 from clipsam_ros.ros.params import overrides_from_config, param_specs  # noqa: E402
 
 from ros_helpers import (  # noqa: E402
@@ -170,6 +170,7 @@ MALFORMED = {   # stamp: (message fields, words the error must contain)
 
 
 def test_malformed_frames_get_error_and_reject_and_the_node_keeps_going(line, two_frames, capfd):
+    line.node._throttle = Throttle(3600.0)   # one line per kind per hour: however slow the round trips
     before = line.node.stats.snapshot()
     for sec, (fields, words) in MALFORMED.items():
         line.pub.publish(raw_image(sec, **fields))

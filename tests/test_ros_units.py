@@ -60,8 +60,8 @@ def test_closing_wakes_the_consumer_and_returns_what_waited():
     consumer.start()
     time.sleep(0.05)
     q.offer(frame(1))
-    consumer.join(1)
-    assert got[0].seq == 1
+    consumer.join(60)
+    assert not consumer.is_alive() and got[0].seq == 1
     q.offer(frame(2))
     assert [f.seq for f in q.close()] == [2]
     assert q.get_batch(0.0) is None and not q.offer(frame(3)).accepted
@@ -81,10 +81,10 @@ def test_a_batch_waits_the_window_for_the_missing_camera():
     late = threading.Timer(0.1, lambda: q.offer(frame(2, camera=1)))
     late.start()
     t0 = time.monotonic()
-    batch = q.get_batch(window_s=2.0)
+    batch = q.get_batch(window_s=60.0)
     waited = time.monotonic() - t0
     assert [(f.seq, f.camera) for f in batch] == [(1, 0), (2, 1)]
-    assert waited < 1.5                       # it returned when the last camera arrived, not at the deadline
+    assert waited < 50                        # it returned when the last camera arrived, not at the deadline
     q.offer(frame(3, camera=0))
     q.offer(frame(4, camera=0))
     t0 = time.monotonic()
