@@ -269,7 +269,7 @@ class TrainConfig:
 @dataclass
 class DecisionConfig:
     # a part fails on score above the threshold AND at least one defect of min_defect_area_px
-    score_threshold: float = key(0.5, "image score above which a part with a defect fails", range=(0.0, 1.0))
+    score_threshold: float = key(0.5, "a defect whose peak pixel score reaches this fails the part", range=(0.0, 1.0))
     min_defect_area_px: int = key(30, "defects smaller than this are dropped", range=(0, 10_000_000))
     # an ejector acts a fixed time after the camera: a later verdict is still published, marked late
     deadline_ms: float = key(0.0, "verdicts published later than this after the frame's stamp are marked "
@@ -576,19 +576,39 @@ def needs_reload(key: str) -> bool:
     return s is not None and s.reload
 
 
+def _allowed(s: KeySpec) -> str:
+    if s.choices is not None:
+        return " \\| ".join(s.choices)
+    if s.range is not None:
+        return f"{s.range[0]:g} … {s.range[1]:g}"
+    return s.type.__name__
+
+
+def _cells(s: KeySpec) -> tuple[str, str]:
+    """(default, help) as table cells; a | in a help text would split the row."""
+    return ("`\"\"`" if s.default == "" else f"`{s.default}`"), s.help.replace("|", "\\|")
+
+
+_ROS_TYPES = {bool: "bool", int: "integer", float: "double", str: "string"}
+
+
 def markdown_table() -> str:
     """The README's key table: key, default, allowed values, description."""
     rows = ["| key | default | allowed | what it does |", "|---|---|---|---|"]
     for key, s in specs().items():
-        if s.choices is not None:
-            allowed = " \\| ".join(s.choices)
-        elif s.range is not None:
-            allowed = f"{s.range[0]:g} … {s.range[1]:g}"
-        else:
-            allowed = s.type.__name__
-        shown = "`\"\"`" if s.default == "" else f"`{s.default}`"
-        text = s.help.replace("|", "\\|")           # a | in a help text would split the row
-        rows.append(f"| `{key}` | {shown} | {allowed} | {text} |")
+        default, text = _cells(s)
+        rows.append(f"| `{key}` | {default} | {_allowed(s)} | {text} |")
+    return "\n".join(rows)
+
+
+def parameter_table() -> str:
+    """docs/ROS2.md's table: each key as the node's ROS 2 parameter, and whether a running
+    node takes a change (live) or only while unconfigured (it rebuilds the models)."""
+    rows = ["| parameter | type | default | live | allowed | meaning |", "|---|---|---|---|---|---|"]
+    for key, s in specs().items():
+        kind = _ROS_TYPES[s.type] if s.item_type is None else f"{_ROS_TYPES[s.item_type]} array"
+        default, text = _cells(s)
+        rows.append(f"| `{key}` | {kind} | {default} | {'no' if s.reload else 'yes'} | {_allowed(s)} | {text} |")
     return "\n".join(rows)
 
 

@@ -16,7 +16,7 @@ malformed message, inference failure, node shutting down) gets verdict "error"
 and `reject: true`, never a silent pass.
 
 Outputs of one frame, all stamped with the input's header, in this order:
-`~/mask` `~/anomaly_map` `~/overlay` `~/detections`, then `~/verdict`
+`~/mask` `~/anomaly_map` `~/overlay` `~/detections` `~/annotations`, then `~/verdict`
 `~/verdict_json` and last `~/reject` (the table `outputs.topics.OUTPUT_TOPICS`;
 the messages come from `outputs.builder`, which replay uses too). Image outputs
 are only built while someone subscribes to them. An "error" frame gets `~/verdict`, `~/verdict_json`,
