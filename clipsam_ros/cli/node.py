@@ -5,15 +5,16 @@ import argparse
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    from .common import load_config
+    """The node's own entry point (`ros2 run clipsam_ros clipsam_inspector`), with the CLI's
+    default profile: without --config, config/inspect.yaml, which then wins over -p."""
+    from ..config import config_path
+    from ..ros.node import main
 
-    cfg = load_config(args, "inspect.yaml")   # validated before rclpy or torch load
-
-    from ..ros.node import run
-    from ..ros.params import overrides_from_config
-
-    ros_args = ["--ros-args", *args.ros_args] if args.ros_args else []
-    return run(overrides_from_config(cfg), ["clipsam-ros", *ros_args], managed=args.managed)
+    argv = ["clipsam-ros", "--config", str(args.config or config_path("inspect.yaml"))]
+    argv += [f"--set={item}" for item in args.overrides]
+    argv += ["--managed"] if args.managed else []
+    argv += ["--ros-args", *args.ros_args] if args.ros_args else []
+    return main(argv)
 
 
 def register(subparsers) -> None:
