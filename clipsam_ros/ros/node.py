@@ -176,15 +176,19 @@ class InspectorNode(LifecycleNode):
     # ------------------------------------------------------------ lifecycle transitions
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        failed = ""
         try:
             cfg = read_config(self)
             self.inspector = self._factory(cfg)
             self.cfg = self.inspector.cfg
             self._warm_up(len(camera_topics(self.cfg.input)))
         except Exception as exc:  # noqa: BLE001 - a failed configure is a state, not a crash
-            self.configure_error = one_line(exc)
+            failed = one_line(exc) or type(exc).__name__
+        if failed:
+            self.configure_error = failed
             if self.log_configure_errors:
                 self.get_logger().error(f"configure failed: {self.configure_error}")
+            # outside the except block: its traceback would keep the half-built models alive
             self._free_models()
             return TransitionCallbackReturn.FAILURE
         with self._cfg_lock:
