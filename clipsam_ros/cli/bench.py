@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Callable
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -16,12 +17,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _bench_backends(args, cfg, (width, height))
     report = run_bench(cfg, frames=args.frames, warmup=args.warmup, batch=args.batch, naive=args.naive,
                        size=(width, height))
-    if args.json:
-        json.dump(report, sys.stdout)
-        print()
-    else:
-        print_report(report)
-    return 0
+    return _show(report, args.json, print_report)
 
 
 def _bench_backends(args: argparse.Namespace, cfg, size: tuple[int, int]) -> int:
@@ -37,11 +33,16 @@ def _bench_backends(args: argparse.Namespace, cfg, size: tuple[int, int]) -> int
     if args.naive or args.batch != 1:
         raise ConfigError("--backends runs one frame at a time the default way; drop --naive and --batch")
     report = run_bench_backends(cfg, names, frames=args.frames, warmup=args.warmup, size=size)
-    if args.json:
+    return _show(report, args.json, print_backends_report)
+
+
+def _show(report: dict, as_json: bool, print_table: Callable[[dict], None]) -> int:
+    """One JSON object on stdout (for make_results.py), or the tables for a person."""
+    if as_json:
         json.dump(report, sys.stdout)
         print()
     else:
-        print_backends_report(report)
+        print_table(report)
     return 0
 
 
