@@ -46,9 +46,9 @@ def build_backbone(cfg: Config, device: torch.device):
     """The configured ImageNet backbone, or None for `localizer.backbone: sam`."""
     if cfg.localizer.backbone == "sam":
         return None
-    from ..models.backbone import BackboneModel
+    from ..models.backbone import build_backbone as build_backbone_model
 
-    return BackboneModel(cfg.localizer.backbone, device, cfg.localizer.backbone_size)
+    return build_backbone_model(cfg, device)
 
 
 def patch_encoder(sam: SamModel, backbone) -> Callable[[np.ndarray], torch.Tensor]:
