@@ -277,7 +277,8 @@ def test_cli_export_writes_a_folder_the_config_can_name(offline_cfg, cache, tmp_
     networks = json.loads((out / MANIFEST).read_text())["networks"]
     encoder, decoder = networks["sam_image_encoder_lite_medsam"], networks["sam_prompt_decoder_lite_medsam"]
     assert encoder["config"]["sam.variant"] == "lite_medsam" and encoder["inputs"] == {"pixels": ["batch", 3, 256, 256]}
-    assert encoder["outputs"] == {"features": ["batch", 256, 64, 64]} and "runtime.export_dir" in capsys.readouterr().out
+    assert encoder["outputs"] == {"features": ["batch", 256, 64, 64]}
+    assert "runtime.export_dir" in capsys.readouterr().out
     assert decoder["inputs"]["sparse"] == ["rows", "tokens", 256] and decoder["outputs"]["low_res_logits"] == \
         ["rows", 4, 256, 256]
     sam = build_sam(_cfg(offline_cfg, tmp_path / "empty_cache", "openvino", **{"runtime.export_dir": str(out)}), CPU)

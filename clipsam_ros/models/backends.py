@@ -2,10 +2,11 @@
 
 A `CompiledNet` takes float32 tensors (one per graph input, in order) and returns a torch
 tensor on the model's device, or a tuple of them for a graph with several outputs (the
-backbone's two feature levels, the decoder's masks and scores). `BACKENDS` maps each `runtime.backend` name to a `Backend`, which says
-whether it can run on a device (and why not, in one line), which precisions it offers
-there, and how to load an exported ONNX file. `torch` is not in the registry: it runs
-the module itself (today's eager path, channels-last and all) and needs no export.
+backbone's two feature levels, the decoder's masks and scores). `BACKENDS` maps each
+`runtime.backend` name to a `Backend`, which says whether it can run on a device (and why
+not, in one line), which precisions it offers there, and how to load an exported ONNX
+file. `torch` is not in the registry: it runs the module itself (today's eager path,
+channels-last and all) and needs no export.
 
 `resolve_backend` turns `runtime.backend` + `precision` into what runs: `auto` is the
 first entry of `AUTO_ORDER` that is installed and offers the precision on the device.

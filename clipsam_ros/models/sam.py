@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-from torch import nn
 from segment_anything.utils.transforms import ResizeLongestSide
+from torch import nn
 
 from ..config import Config
 from .accel import AccelSettings, HostStager, maybe_compile, to_channels_last, use_sdpa
