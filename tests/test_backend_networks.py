@@ -171,3 +171,57 @@ def test_the_prompt_decoder_gives_torch_fp32s_masks_for_any_rows_and_tokens(offl
         for a, b in zip(want.logits > 0, got.logits > 0):
             assert iou(a.numpy(), b.numpy()) >= 0.99 if a.any() or b.any() else True
     assert sam.encoder_calls == 0                     # decoding never runs the image encoder
+
+
+# ---------------------------------------------------------------- the CLIP image encoder
+
+# No CLIP weights can be fetched here (no network): the CLIP path is exported and checked on a
+# RANDOMLY INITIALISED open_clip ViT-B-32 at 192 px, the same open_clip ViT code (ClipEncoder's
+# vv and residual token paths) the profiles' ViT-L-14-336 runs, at a size a 2-core test affords.
+# Both sides are built under one seed, so torch and the backend hold the same random weights.
+CLIP_KEYS = {"clip.model": "ViT-B-32", "clip.pretrained": "none", "clip.image_size": 192,
+             "clip.layers": [3, 6, 9, 12], "localizer.backbone": "sam"}
+
+
+@pytest.mark.slow   # exports a random-init CLIP ViT-B-32 twice (both token paths) per backend
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_the_clip_image_tower_gives_torch_fp32s_tokens_in_one_pass_on_every_backend(offline_cfg, cache, images,
+                                                                                      backend):
+    from clipsam_ros.models.clip import build_clip, on_backend
+
+    _skip_unless_available(backend)
+    cfg = _cfg(offline_cfg, cache, backend, **CLIP_KEYS)
+    for token_path in ("vv", "residual"):
+        built = []
+        for _ in range(2):
+            torch.manual_seed(0)
+            built.append(build_clip(cfg.clip, CPU, token_path=token_path))
+        ref, encoder = built[0], on_backend(built[1], cfg)
+        assert encoder.encoder_net.name == backend and encoder.encoder_net.max_batch is None
+        want, got = ref.encode_image_batch(images[:3]), encoder.encode_image_batch(images[:3])
+        assert (encoder.calls, encoder.images_encoded) == (1, 3)
+        for a, b in zip(want, got):
+            assert b.grid == a.grid == (6, 6) and len(b.patch_tokens) == 4
+            for x, y in zip(a.patch_tokens + [a.image_embedding], b.patch_tokens + [b.image_embedding]):
+                assert x.shape == y.shape and (x - y).abs().max().item() < 1e-4
+
+
+@pytest.mark.slow   # the whole frame with the zero-shot CLIP localizer on every backend
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_the_clip_localizer_on_every_backend_gives_torch_fp32s_maps_verdicts_and_counts(offline_cfg, cache, images,
+                                                                                        backend):
+    from clipsam_ros.inspector import Inspector
+
+    _skip_unless_available(backend)
+    runs = {}
+    for name in ("torch", backend):
+        torch.manual_seed(0)                  # the same random-init CLIP on both sides
+        inspector = Inspector.from_config(_cfg(offline_cfg, cache, name, **CLIP_KEYS,
+                                               **{"localizer.method": "clip_zero_shot"}), progress=False)
+        runs[name] = [inspector.inspect(image) for image in images]
+    assert inspector.clip_encoder.encoder_net.name == backend
+    for r, s in zip(runs["torch"], runs[backend]):
+        assert s.verdict == r.verdict != "error"
+        assert np.abs(s.anomaly_map - r.anomaly_map).max() < 1e-3
+        assert iou(s.mask > 0, r.mask > 0) >= 0.99 if r.mask.any() or s.mask.any() else True
+        assert s.encoder_calls == r.encoder_calls == {"sam": 1, "clip": 1}

@@ -1,7 +1,7 @@
 """`clipsam-ros export`: the heavy networks a frame of this config runs, as ONNX graphs + one
 manifest with sha256s, for `runtime.export_dir` (the node and the CLI also export on first use
-into the weights cache): the SAM image encoder and prompt decoder, and the localizer's
-ImageNet backbone when it has one."""
+into the weights cache): the SAM image encoder and prompt decoder, the localizer's ImageNet
+backbone when it has one, and the CLIP image tower of a CLIP localizer."""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +26,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     specs = list(sam_export_specs(sam, checkpoint_path(cfg), cfg))
     if cfg.localizer.backbone != "sam":
         specs.append(BackboneModel(cfg.localizer.backbone, cpu, cfg.localizer.backbone_size).export_spec())
+    # the CLIP the localizer builds (localize/__init__.py): zero-shot on the vv token path, the
+    # trained heads on the residual one (seeded, so a random-init CLIP matches at inference)
+    if cfg.localizer.method == "clip_zero_shot":
+        from ..models.clip import build_clip
+
+        specs.append(build_clip(cfg.clip, cpu, cache_dir=cfg.weights.cache_dir or None).export_spec())
+    elif cfg.localizer.method in ("clip_adapter", "umci"):
+        from ..localize import build_heads_clip
+
+        specs.append(build_heads_clip(cfg, cpu).export_spec())
     out = Path(args.out).expanduser()
     manifest = write_export(specs, out)
     for network, entry in manifest["networks"].items():
@@ -39,8 +49,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     from .common import add_config_args
 
-    p = sub.add_parser("export", help="export the SAM encoder and decoder (and the localizer backbone) to ONNX "
-                                      "with a sha256 manifest")
+    p = sub.add_parser("export", help="export the SAM encoder and decoder (and the localizer's backbone or CLIP) "
+                                      "to ONNX with a sha256 manifest")
     add_config_args(p)
     p.add_argument("--out", required=True, help="folder to write the graph(s) and manifest.json into")
     p.set_defaults(func=cmd_export)

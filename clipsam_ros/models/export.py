@@ -187,12 +187,24 @@ def write_export(specs: Sequence[ExportSpec], folder: Path) -> dict[str, Any]:
 
 
 def _export_onnx(spec: ExportSpec, path: Path) -> None:
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _mha_fastpath_off():
         # the tracer's notes on Python-side shape arithmetic: checked by the equivalence tests
         warnings.simplefilter("ignore")
         torch.onnx.export(spec.module, spec.samples, str(path), opset_version=OPSET,
                           input_names=list(spec.input_names), output_names=list(spec.output_names),
                           dynamic_axes=spec.dynamic_axes or None, do_constant_folding=True, dynamo=False)
+
+
+@contextlib.contextmanager
+def _mha_fastpath_off():
+    """nn.MultiheadAttention's inference fast path (CLIP's blocks) is one fused op that ONNX has
+    no symbol for; off while tracing, it traces as plain matmuls and softmax (same numbers)."""
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
 
 
 def _output_shapes(spec: ExportSpec) -> list[torch.Size]:
