@@ -273,8 +273,11 @@ def test_cli_export_writes_a_folder_the_config_can_name(offline_cfg, cache, tmp_
 
     _skip_unless_offered("openvino", "fp32")
     out = tmp_path / "exported"
-    assert main(["export", "--config", str(config_path("offline.yaml")), "--out", str(out)]) == 0
+    assert main(["export", "--config", str(config_path("offline.yaml")), "--set",
+                 "localizer.backbone=efficientnet_lite0", "--out", str(out)]) == 0
     networks = json.loads((out / MANIFEST).read_text())["networks"]
+    assert set(networks) == {"sam_image_encoder_lite_medsam", "sam_prompt_decoder_lite_medsam",
+                             "backbone_efficientnet_lite0"}
     encoder, decoder = networks["sam_image_encoder_lite_medsam"], networks["sam_prompt_decoder_lite_medsam"]
     assert encoder["config"]["sam.variant"] == "lite_medsam" and encoder["inputs"] == {"pixels": ["batch", 3, 256, 256]}
     assert encoder["outputs"] == {"features": ["batch", 256, 64, 64]}
@@ -283,6 +286,12 @@ def test_cli_export_writes_a_folder_the_config_can_name(offline_cfg, cache, tmp_
         ["rows", 4, 256, 256]
     sam = build_sam(_cfg(offline_cfg, tmp_path / "empty_cache", "openvino", **{"runtime.export_dir": str(out)}), CPU)
     assert sam.encoder_net.name == sam.decoder_net.name == "openvino"
+    from clipsam_ros.models.backbone import build_backbone
+
+    backbone = build_backbone(_cfg(offline_cfg, tmp_path / "empty_cache", "openvino",
+                                   **{"runtime.export_dir": str(out), "localizer.backbone": "efficientnet_lite0"}), CPU)
+    assert backbone.encoder_net.name == "openvino" and networks["backbone_efficientnet_lite0"]["outputs"] == \
+        {"stride8": ["batch", 40, 28, 28], "stride16": ["batch", 112, 14, 14]}
     assert not (tmp_path / "empty_cache").exists()                     # nothing exported again
     # the dir under a config that shapes the graph differently: refused, not used
     with pytest.raises(ExportError, match="runtime.export_dir"):
