@@ -50,6 +50,22 @@ def images():
     return [make_sample(p, k, seed=s)[0] for p, k, s in FRAMES]
 
 
+def test_tinyvit_reads_its_batch_from_the_tensor_with_the_same_numbers():
+    """What lets the exported SAM encoder take any batch: PatchMerging's `len(x)` (frozen by the
+    tracer) replaced by `x.shape[0]`; the outputs are bit-identical."""
+    from clipsam_ros.models.sam import _lite_medsam_sam, batchable_tiny_vit
+
+    torch.manual_seed(0)
+    encoder = _lite_medsam_sam().image_encoder.eval()
+    original = copy.deepcopy(encoder)
+    assert batchable_tiny_vit(encoder) == 3 and batchable_tiny_vit(encoder) == 0      # idempotent
+    assert type(encoder.layers[0].downsample).__name__ == "BatchablePatchMerging"
+    assert encoder.state_dict().keys() == original.state_dict().keys()
+    x = torch.rand(2, 3, 256, 256)
+    with torch.no_grad():
+        assert torch.equal(encoder(x), original(x))
+
+
 # ---------------------------------------------------------------- the localizer backbone
 
 @pytest.mark.slow   # exports and compiles EfficientNet-Lite0 on every backend

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -182,6 +183,12 @@ class _BatchablePatchMerging:
         return self.conv3(x).flatten(2).transpose(1, 2)
 
 
+@lru_cache(maxsize=None)
+def _batchable_subclass(base: type) -> type:
+    # one subclass per original class, so `isinstance` and the state dict stay as they were
+    return type(f"Batchable{base.__name__}", (_BatchablePatchMerging, base), {"__module__": __name__})
+
+
 def batchable_tiny_vit(encoder: nn.Module) -> int:
     """Switch TinyViT's PatchMerging modules under `encoder` to `_BatchablePatchMerging`, in place;
     returns how many (0 for a ViT encoder, which has none)."""
@@ -190,8 +197,7 @@ def batchable_tiny_vit(encoder: nn.Module) -> int:
         cls = type(module)
         if cls.__name__ == "PatchMerging" and hasattr(module, "input_resolution") and \
                 not issubclass(cls, _BatchablePatchMerging):
-            module.__class__ = type(f"Batchable{cls.__name__}", (_BatchablePatchMerging, cls),
-                                    {"__module__": __name__})
+            module.__class__ = _batchable_subclass(cls)
             switched += 1
     return switched
 
