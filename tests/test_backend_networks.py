@@ -50,6 +50,7 @@ def images():
     return [make_sample(p, k, seed=s)[0] for p, k, s in FRAMES]
 
 
+@pytest.mark.slow   # builds TinyViT and runs it twice at 256 px (~1 min on a busy 2-core machine)
 def test_tinyvit_reads_its_batch_from_the_tensor_with_the_same_numbers():
     """What lets the exported SAM encoder take any batch: PatchMerging's `len(x)` (frozen by the
     tracer) replaced by `x.shape[0]`; the outputs are bit-identical."""
