@@ -142,8 +142,9 @@ class RuntimeConfig:
     pinned_memory: bool = key(True, "cuda: page-locked host buffers and non-blocking copies to the device",
                               reload=True)
     # where the heavy networks run (docs/SPEED.md, "Backends"); every one gives torch fp32's numbers
-    backend: str = key("auto", "SAM image encoder runtime: auto (fastest installed and exact enough here: openvino "
-                       "on the cpu, torch on cuda) | torch | onnxruntime | openvino | tensorrt (cuda)",
+    backend: str = key("auto", "runtime of the SAM image encoder and prompt decoder and the localizer backbone: "
+                       "auto (fastest installed and exact enough here: openvino on the cpu, torch on cuda) | torch "
+                       "| onnxruntime | openvino | tensorrt (cuda)",
                        choices=("auto", "torch", "onnxruntime", "openvino", "tensorrt"), reload=True)
     export_dir: str = key("", "exported graphs from `clipsam-ros export`; empty = export on first use into "
                           "weights.cache_dir", reload=True)

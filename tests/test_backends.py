@@ -97,16 +97,18 @@ def test_every_backend_gives_torch_fp32s_embeddings_masks_and_verdicts(offline_c
     assert any(r.verdict == "fail" for r in want) and any(r.verdict == "pass" for r in want)
 
 
-@pytest.mark.slow   # the real encoder exported and compiled
-def test_a_batch_through_a_batch_one_graph_is_counted_per_pass(offline_cfg, cache, images):
+@pytest.mark.slow   # the real encoder exported and compiled on every backend
+@pytest.mark.parametrize("backend", ["torch", *BACKENDS])
+def test_several_cameras_frames_are_one_encoder_pass_on_every_backend(offline_cfg, cache, images, backend):
     from clipsam_ros.models.sam import build_sam
 
-    _skip_unless_offered("openvino", "fp32")
-    sam = build_sam(_cfg(offline_cfg, cache, "openvino"), CPU)
-    out = sam.encode_batch(images[:2])
-    assert sam.encoder_net.max_batch == 1
-    assert (sam.encoder_calls, sam.images_encoded) == (2, 2) and len(out) == 2
-    assert torch.equal(out[1].features, sam.encode(images[1]).features)
+    if backend != "torch":
+        _skip_unless_offered(backend, "fp32")
+    sam = build_sam(_cfg(offline_cfg, cache, backend), CPU)
+    out = sam.encode_batch(images[:3])
+    assert sam.encoder_net.max_batch is None            # a free batch axis (TinyViT's len(x) fixed)
+    assert (sam.encoder_calls, sam.images_encoded) == (1, 3) and len(out) == 3
+    assert (out[1].features - sam.encode(images[1]).features).abs().max().item() < 1e-4
 
 
 def test_auto_picks_openvino_on_the_cpu_and_torch_stays_todays_path():
@@ -165,33 +167,45 @@ def _spec(seed=0, variant="tiny"):
 def test_the_export_is_reused_and_a_corrupt_or_stale_one_is_rebuilt(tmp_path):
     spec = _spec()
     onnx = ensure_export(spec, cache_dir=str(tmp_path))
-    manifest = json.loads((onnx.parent / MANIFEST).read_text())
-    assert manifest["source_sha256"] == "0" * 64 and manifest["inputs"] == {"pixels": [1, 3, 8, 8]}
-    assert set(manifest["files"]) == {onnx.name} and manifest["exporter"]["opset"] == 17
-    assert manifest["outputs"] == {"features": [1, 4, 8, 8]} and manifest["runtimes"]["onnxruntime"]
+    folder = onnx.parent.parent
+    manifest = json.loads((folder / MANIFEST).read_text())
+    entry = manifest["networks"]["tiny_encoder"]
+    assert entry["source_sha256"] == "0" * 64 and entry["inputs"] == {"pixels": [1, 3, 8, 8]}
+    assert set(entry["files"]) == {"tiny_encoder/tiny_encoder.onnx"} and entry["exporter"]["opset"] == 17
+    assert entry["outputs"] == {"features": [1, 4, 8, 8]} and manifest["runtimes"]["onnxruntime"]
     stamp = onnx.stat().st_mtime_ns
     assert ensure_export(spec, cache_dir=str(tmp_path)) == onnx and onnx.stat().st_mtime_ns == stamp
     onnx.write_bytes(onnx.read_bytes()[:-10])                            # truncated
-    assert "does not match its sha256" in check_export(onnx.parent, spec)
-    assert ensure_export(spec, cache_dir=str(tmp_path)) == onnx and check_export(onnx.parent, spec) == ""
+    assert "does not match its sha256" in check_export(folder, spec)
+    assert ensure_export(spec, cache_dir=str(tmp_path)) == onnx and check_export(folder, spec) == ""
     # no temp folder left next to it
-    assert [p.name for p in onnx.parent.parent.iterdir()] == [onnx.parent.name]
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]
     # other weights or config: another folder, the first one untouched
     other = _spec(variant="tiny2")
-    assert ensure_export(other, cache_dir=str(tmp_path)).parent != onnx.parent
+    assert ensure_export(other, cache_dir=str(tmp_path)).parent.parent != folder
 
 
 def test_a_given_export_dir_that_does_not_match_is_refused_in_one_line(tmp_path):
     from clipsam_ros.models.export import write_export
 
-    write_export(_spec(), tmp_path / "exp")
+    write_export([_spec()], tmp_path / "exp")
     assert ensure_export(_spec(), export_dir=str(tmp_path / "exp")).is_file()
     with pytest.raises(ExportError, match=r"runtime.export_dir: .*exported for another config.*clipsam-ros export"):
         ensure_export(_spec(variant="other"), export_dir=str(tmp_path / "exp"))
-    (tmp_path / "exp" / "tiny_encoder.onnx").write_bytes(b"not a graph")
-    with pytest.raises(ExportError, match="tiny_encoder.onnx does not match its sha256") as err:
+    (tmp_path / "exp" / "tiny_encoder" / "tiny_encoder.onnx").write_bytes(b"not a graph")
+    with pytest.raises(ExportError, match="tiny_encoder/tiny_encoder.onnx does not match its sha256") as err:
         ensure_export(_spec(), export_dir=str(tmp_path / "exp"))
     assert "\n" not in str(err.value)
+    # a network the folder was not exported with (another localizer backbone, say)
+    other = ExportSpec(network="backbone_x", module=Tiny().eval(), sample=torch.zeros(1, 3, 8, 8),
+                       source_sha256="0" * 64, config={})
+    with pytest.raises(ExportError, match="manifest.json has no backbone_x; run `clipsam-ros export"):
+        ensure_export(other, export_dir=str(tmp_path / "exp"))
+    # a folder written by an older clipsam_ros (one network, no format 2): refused, not misread
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / MANIFEST).write_text(json.dumps({"format": 1, "network": "tiny_encoder"}))
+    with pytest.raises(ExportError, match="written in export format 1, this version reads 2"):
+        ensure_export(_spec(), export_dir=str(tmp_path / "old"))
 
 
 def test_an_exported_tiny_net_runs_the_same_on_every_cpu_backend(tmp_path):
@@ -207,6 +221,50 @@ def test_an_exported_tiny_net_runs_the_same_on_every_cpu_backend(tmp_path):
     assert np.isfinite(want.detach().numpy()).all()
 
 
+class TwoLevels(nn.Module):
+    """Like the backbone: two outputs at two strides."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.Conv2d(4, 5, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        fine = self.a(x).relu()
+        return fine, self.b(fine)
+
+
+def test_a_free_batch_axis_and_two_outputs_run_in_one_call_on_every_cpu_backend(tmp_path):
+    from clipsam_ros.models.backends import run_batched
+    from clipsam_ros.models.export import batch_axes
+
+    torch.manual_seed(0)
+    spec = ExportSpec(network="two_levels", module=TwoLevels().eval(), sample=torch.zeros(2, 3, 16, 16),
+                      source_sha256="0" * 64, config={}, output_names=("fine", "coarse"),
+                      dynamic_axes=batch_axes(("pixels",), ("fine", "coarse")))
+    onnx = ensure_export(spec, cache_dir=str(tmp_path))
+    entry = json.loads((onnx.parent.parent / MANIFEST).read_text())["networks"]["two_levels"]
+    assert entry["inputs"] == {"pixels": ["batch", 3, 16, 16]} and entry["outputs"]["coarse"] == ["batch", 5, 4, 4]
+    x = torch.rand(3, 3, 16, 16)                 # traced with 2, run with 3 (and 1)
+    want = spec.module(x)
+    offered = [n for n, b in BACKENDS.items() if not b.unavailable(CPU)]
+    assert offered, "no CPU backend installed"
+    for name in offered:
+        net = BACKENDS[name].load(onnx, CPU, "fp32")
+        (fine, coarse), calls = run_batched(net, x)
+        assert net.max_batch is None and calls == 1, name
+        assert torch.allclose(fine, want[0], atol=1e-5) and torch.allclose(coarse, want[1], atol=1e-5), name
+        assert torch.allclose(net(x[:1])[1], want[1][:1], atol=1e-5), name
+
+
+def test_a_fixed_batch_graph_runs_once_per_frame_and_each_pass_is_counted(tmp_path):
+    from clipsam_ros.models.backends import run_batched
+
+    spec = _spec()
+    net = BACKENDS["onnxruntime"].load(ensure_export(spec, cache_dir=str(tmp_path)), CPU, "fp32")
+    out, calls = run_batched(net, torch.rand(3, 3, 8, 8))
+    assert (net.max_batch, calls, tuple(out.shape)) == (1, 3, (3, 4, 8, 8))
+
+
 @pytest.mark.slow   # the real encoder exported through the CLI
 def test_cli_export_writes_a_folder_the_config_can_name(offline_cfg, cache, tmp_path, capsys):
     from clipsam_ros.cli.main import main
@@ -215,12 +273,25 @@ def test_cli_export_writes_a_folder_the_config_can_name(offline_cfg, cache, tmp_
 
     _skip_unless_offered("openvino", "fp32")
     out = tmp_path / "exported"
-    assert main(["export", "--config", str(config_path("offline.yaml")), "--out", str(out)]) == 0
-    manifest = json.loads((out / MANIFEST).read_text())
-    assert manifest["config"]["sam.variant"] == "lite_medsam" and manifest["inputs"] == {"pixels": [1, 3, 256, 256]}
-    assert manifest["outputs"] == {"features": [1, 256, 64, 64]} and "runtime.export_dir" in capsys.readouterr().out
+    assert main(["export", "--config", str(config_path("offline.yaml")), "--set",
+                 "localizer.backbone=efficientnet_lite0", "--out", str(out)]) == 0
+    networks = json.loads((out / MANIFEST).read_text())["networks"]
+    assert set(networks) == {"sam_image_encoder_lite_medsam", "sam_prompt_decoder_lite_medsam",
+                             "backbone_efficientnet_lite0"}
+    encoder, decoder = networks["sam_image_encoder_lite_medsam"], networks["sam_prompt_decoder_lite_medsam"]
+    assert encoder["config"]["sam.variant"] == "lite_medsam" and encoder["inputs"] == {"pixels": ["batch", 3, 256, 256]}
+    assert encoder["outputs"] == {"features": ["batch", 256, 64, 64]}
+    assert "runtime.export_dir" in capsys.readouterr().out
+    assert decoder["inputs"]["sparse"] == ["rows", "tokens", 256] and decoder["outputs"]["low_res_logits"] == \
+        ["rows", 4, 256, 256]
     sam = build_sam(_cfg(offline_cfg, tmp_path / "empty_cache", "openvino", **{"runtime.export_dir": str(out)}), CPU)
-    assert sam.encoder_net.name == "openvino"
+    assert sam.encoder_net.name == sam.decoder_net.name == "openvino"
+    from clipsam_ros.models.backbone import build_backbone
+
+    backbone = build_backbone(_cfg(offline_cfg, tmp_path / "empty_cache", "openvino",
+                                   **{"runtime.export_dir": str(out), "localizer.backbone": "efficientnet_lite0"}), CPU)
+    assert backbone.encoder_net.name == "openvino" and networks["backbone_efficientnet_lite0"]["outputs"] == \
+        {"stride8": ["batch", 40, 28, 28], "stride16": ["batch", 112, 14, 14]}
     assert not (tmp_path / "empty_cache").exists()                     # nothing exported again
     # the dir under a config that shapes the graph differently: refused, not used
     with pytest.raises(ExportError, match="runtime.export_dir"):

@@ -1,5 +1,7 @@
-"""`clipsam-ros export`: the heavy networks as ONNX graphs + a manifest with sha256s, for
-`runtime.export_dir` (the node and the CLI also export on first use into the weights cache)."""
+"""`clipsam-ros export`: the heavy networks a frame of this config runs, as ONNX graphs + one
+manifest with sha256s, for `runtime.export_dir` (the node and the CLI also export on first use
+into the weights cache): the SAM image encoder and prompt decoder, the localizer's ImageNet
+backbone when it has one, and the CLIP image tower of a CLIP localizer."""
 from __future__ import annotations
 
 import argparse
@@ -11,27 +13,44 @@ def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     from ..config import set_value
+    from ..models.backbone import BackboneModel
     from ..models.export import write_export
-    from ..models.sam import build_sam, checkpoint_path, sam_encoder_export_spec
+    from ..models.sam import build_sam, checkpoint_path, sam_export_specs
     from .common import load_config
 
     cfg = load_config(args, "inspect.yaml")
     # export from the torch modules on the CPU: the graph is the same for every backend and device
     set_value(cfg, "runtime.backend", "torch")
-    sam = build_sam(cfg, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    sam = build_sam(cfg, cpu)
+    specs = list(sam_export_specs(sam, checkpoint_path(cfg), cfg))
+    if cfg.localizer.backbone != "sam":
+        specs.append(BackboneModel(cfg.localizer.backbone, cpu, cfg.localizer.backbone_size).export_spec())
+    # the CLIP the localizer builds (localize/__init__.py): zero-shot on the vv token path, the
+    # trained heads on the residual one (seeded, so a random-init CLIP matches at inference)
+    if cfg.localizer.method == "clip_zero_shot":
+        from ..models.clip import build_clip
+
+        specs.append(build_clip(cfg.clip, cpu, cache_dir=cfg.weights.cache_dir or None).export_spec())
+    elif cfg.localizer.method in ("clip_adapter", "umci"):
+        from ..localize import build_heads_clip
+
+        specs.append(build_heads_clip(cfg, cpu).export_spec())
     out = Path(args.out).expanduser()
-    manifest = write_export(sam_encoder_export_spec(sam, checkpoint_path(cfg), cfg), out)
-    for name, digest in manifest["files"].items():
-        print(f"{out / name}  sha256 {digest}")
-    print(f"{out / 'manifest.json'}: {json.dumps(manifest['inputs'])} -> {json.dumps(manifest['outputs'])}; "
-          f"use it with --set runtime.export_dir={out}")
+    manifest = write_export(specs, out)
+    for network, entry in manifest["networks"].items():
+        for name, digest in entry["files"].items():
+            print(f"{out / name}  sha256 {digest}")
+        print(f"  {network}: {json.dumps(entry['inputs'])} -> {json.dumps(entry['outputs'])}")
+    print(f"{out / 'manifest.json'}: {len(specs)} graphs; use them with --set runtime.export_dir={out}")
     return 0
 
 
 def register(sub) -> None:
     from .common import add_config_args
 
-    p = sub.add_parser("export", help="export the SAM image encoder to ONNX with a sha256 manifest")
+    p = sub.add_parser("export", help="export the SAM encoder and decoder (and the localizer's backbone or CLIP) "
+                                      "to ONNX with a sha256 manifest")
     add_config_args(p)
     p.add_argument("--out", required=True, help="folder to write the graph(s) and manifest.json into")
     p.set_defaults(func=cmd_export)

@@ -184,11 +184,12 @@ def run_bench_backends(cfg: Config, backends: list[str], frames: int = 20, warmu
         startup_s = time.perf_counter() - start
         warmup_s = inspectors[name].warm_up(frames=warmup, size=(size[1], size[0]))
         reports[name] = {"backend": inspectors[name].sam.encoder_net.name, "precision": inspectors[name].sam.precision,
+                         "networks": networks_of(inspectors[name]),
                          "startup_s": round(startup_s, 2), "warmup_s": round(warmup_s, 2),
                          "model_mb": round(_rss_mb() - rss, 1)}
     data = bench_frames(frames, size)
     per_stage: dict[str, dict[str, list[float]]] = {name: {} for name in backends}
-    calls = {name: 0 for name in backends}
+    calls: dict[str, dict[str, int]] = {name: {} for name in backends}
     peaks = {name: 0.0 for name in backends}
     verdicts: dict[str, list[str]] = {name: [] for name in backends}
     for png in data:
@@ -201,7 +202,8 @@ def run_bench_backends(cfg: Config, backends: list[str], frames: int = 20, warmu
                 raise RuntimeError(f"bench frame failed on {name}: {result.error}")
             for stage, ms in result.timings_ms.items():
                 per_stage[name].setdefault(stage, []).append(ms)
-            calls[name] += result.encoder_calls.get("sam", 0)
+            for k, n in result.encoder_calls.items():
+                calls[name][k] = calls[name].get(k, 0) + n
             verdicts[name].append(str(result.verdict))
     base = backends[0]
     for name in backends:
@@ -210,15 +212,26 @@ def run_bench_backends(cfg: Config, backends: list[str], frames: int = 20, warmu
         reports[name].update({
             "stages_ms": stages,
             "p95_ms": {s: round(percentile(v, 95), 2) for s, v in per_stage[name].items()},
-            "speedup": {s: round(base_stages[s] / stages[s], 2) for s in ("sam_encoder", "total")
+            "speedup": {s: round(base_stages[s] / stages[s], 2) for s in ("sam_encoder", "backbone", "cps", "total")
                         if s in stages and stages[s] > 0},
-            "sam_encoder_calls_per_frame": round(calls[name] / frames, 2),
+            "sam_encoder_calls_per_frame": round(calls[name].get("sam", 0) / frames, 2),
+            "encoder_calls_per_frame": {k: round(v / frames, 2) for k, v in calls[name].items()},
             "verdicts_as_" + base: sum(a == b for a, b in zip(verdicts[name], verdicts[base])),
             "peak_host_mb": round(peaks[name], 1),
         })
     return {"base": base, "frames": frames, "frame_size": list(size), "torch": torch.__version__,
             "device": f"cpu ({torch.get_num_threads()} threads)" if cfg.device != "cuda" else "cuda",
             "backends": reports}
+
+
+def networks_of(inspector) -> dict[str, str]:
+    """Which backend runs each heavy network of this Inspector (torch for one not exported)."""
+    out = {"sam_encoder": inspector.sam.encoder_net.name, "sam_decoder": inspector.sam.decoder_net.name}
+    if inspector.backbone is not None:
+        out["backbone"] = inspector.backbone.encoder_net.name
+    if inspector.clip_encoder is not None:
+        out["clip_encoder"] = getattr(getattr(inspector.clip_encoder, "encoder_net", None), "name", "torch")
+    return out
 
 
 def print_backends_report(report: dict) -> None:
@@ -237,6 +250,9 @@ def print_backends_report(report: dict) -> None:
             ("peak host MB", lambda r: f"{r['peak_host_mb']:.0f}")]
     for label, cell in rows:
         print(f"{label:<16}" + "".join(f"{cell(report['backends'][n]):>14}" for n in names))
+    for network in dict.fromkeys(k for r in report["backends"].values() for k in r.get("networks", {})):
+        print(f"{network + ' on':<16}" + "".join(f"{report['backends'][n]['networks'].get(network, '–'):>14}"
+                                                for n in names))
     print(f"{report['frames']} frames {report['frame_size'][0]}x{report['frame_size'][1]}, interleaved, "
           f"on {report['device']}; speed-ups over {report['base']}")
 

@@ -46,9 +46,9 @@ def build_backbone(cfg: Config, device: torch.device):
     """The configured ImageNet backbone, or None for `localizer.backbone: sam`."""
     if cfg.localizer.backbone == "sam":
         return None
-    from ..models.backbone import BackboneModel
+    from ..models.backbone import build_backbone as build_backbone_model
 
-    return BackboneModel(cfg.localizer.backbone, device, cfg.localizer.backbone_size)
+    return build_backbone_model(cfg, device)
 
 
 def patch_encoder(sam: SamModel, backbone) -> Callable[[np.ndarray], torch.Tensor]:
@@ -126,11 +126,11 @@ def build_heads_clip(cfg: Config, device: torch.device) -> ClipEncoder:
 
 def _clip_zero_shot(cfg: Config, sam: SamModel, device: torch.device, references, progress: bool) -> Localizer:
     from ..models.accel import AccelSettings
-    from ..models.clip import build_clip
+    from ..models.clip import build_clip, on_backend
     from .clip_zero_shot import ClipZeroShotLocalizer
 
-    encoder = build_clip(cfg.clip, device, precision=cfg.precision, cache_dir=cfg.weights.cache_dir or None,
-                         accel=AccelSettings.from_config(cfg, device))
+    encoder = on_backend(build_clip(cfg.clip, device, precision=cfg.precision, cache_dir=cfg.weights.cache_dir or None,
+                                    accel=AccelSettings.from_config(cfg, device)), cfg)
     return ClipZeroShotLocalizer(encoder, cfg.localizer)
 
 
@@ -145,7 +145,9 @@ def _trained_heads(cfg: Config, sam: SamModel, device: torch.device, references,
         raise ConfigError(f"localizer.checkpoint={cfg.localizer.checkpoint} holds {held} heads but "
                           f"localizer.method={method}; set localizer.method={held} or use a {method} checkpoint")
     kind = UmciLocalizer if method == "umci" else ClipAdapterLocalizer
-    return kind.from_checkpoint(build_heads_clip(cfg, device), cfg.localizer)
+    from ..models.clip import on_backend
+
+    return kind.from_checkpoint(on_backend(build_heads_clip(cfg, device), cfg), cfg.localizer)
 
 
 LOCALIZERS: dict[str, LocalizerBuilder] = {

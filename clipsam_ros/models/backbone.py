@@ -9,7 +9,9 @@ file fails at load, never as quietly bad features. Normalisation is the weights'
 
 Features: the stride-8 and stride-16 stages (PatchCore's mid-level choice: local enough
 to see a speck, abstract enough to ignore sensor noise). Like SamModel, the network is
-counted (`encoder_calls` passes, `images_encoded` frames) and batchable.
+counted (`encoder_calls` passes, `images_encoded` frames) and batchable, and runs through
+`runtime.backend`: `BackboneTrunk` (the stem and the blocks up to stride 16, both levels as
+outputs) is exported with a free batch axis, so several cameras' frames are one pass.
 """
 from __future__ import annotations
 
@@ -20,8 +22,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from torch import nn
 
-from .weights import WeightError
+from ..config import Config
+from .backends import BACKENDS, TORCH, CompiledNet, TorchNet, resolve_backend, run_batched
+from .export import ExportSpec, batch_axes, ensure_export
+from .weights import WeightError, sha256_of
 
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 # the square input each was trained at
@@ -91,17 +97,49 @@ def load_network(name: str, path: str | Path | None = None) -> torch.nn.Module:
     return net.eval().requires_grad_(False)
 
 
+class BackboneTrunk(nn.Module):
+    """What a frame runs of the network: the stem and the blocks up to the last feature layer;
+    returns the `layers` blocks' outputs, finest first (the head and the later blocks never run)."""
+
+    def __init__(self, net: nn.Module, layers: tuple[int, ...]):
+        super().__init__()
+        self.net, self.layers = net, tuple(layers)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = self.net.bn1(self.net.conv_stem(x))
+        levels = []
+        for index, block in enumerate(self.net.blocks[:max(self.layers) + 1]):
+            x = block(x)
+            if index in self.layers:
+                levels.append(x)
+        return tuple(levels)
+
+
 class BackboneModel:
     """A counted ImageNet backbone: frame(s) → stride-8 and stride-16 feature maps."""
 
     def __init__(self, name: str, device: torch.device, size: int = 0, path: str | Path | None = None):
         self.name = name
-        self.net = load_network(name, path).to(device)
+        self.weights = Path(path) if path is not None else weight_file(name)
+        self.net = load_network(name, self.weights).to(device)
         self.device = torch.device(device)
         self.size = int(size) or INPUT_SIZE[name]
         self.layers = LAYERS
+        self.trunk = BackboneTrunk(self.net, self.layers)
+        # build_backbone swaps in an exported network when runtime.backend says so
+        self.encoder_net: CompiledNet = TorchNet(self.trunk, "fp32", self.device, channels_last=False)
         self.encoder_calls = 0       # forward passes
         self.images_encoded = 0      # frames through the network (a batched pass counts each)
+
+    def export_spec(self) -> ExportSpec:
+        """The trunk as exported: (B, 3, S, S) -> (B, C8, S/8, S/8), (B, C16, S/16, S/16), B free."""
+        outputs = tuple(f"stride{8 * 2 ** i}" for i in range(len(self.layers)))
+        return ExportSpec(network=f"backbone_{self.name}", module=self.trunk,
+                          sample=torch.zeros(2, 3, self.size, self.size, device=self.device),
+                          source_sha256=sha256_of(self.weights),
+                          config={"localizer.backbone": self.name, "localizer.backbone_size": self.size,
+                                  "layers": list(self.layers)},
+                          output_names=outputs, dynamic_axes=batch_axes(("pixels",), outputs))
 
     def _prepare(self, image_rgb: np.ndarray) -> torch.Tensor:
         # fixtured parts: the whole frame squeezed to the square input, no crop
@@ -117,14 +155,9 @@ class BackboneModel:
     def encode_batch(self, images_rgb: list[np.ndarray]) -> list[BackboneFeatures]:
         """One pass for several frames (e.g. one per camera)."""
         x = torch.stack([self._prepare(image) for image in images_rgb]).to(self.device)
-        net = self.net
-        x = net.bn1(net.conv_stem(x))
-        levels = []
-        for index, block in enumerate(net.blocks[:max(self.layers) + 1]):
-            x = block(x)
-            if index in self.layers:
-                levels.append(x.float())
-        self.encoder_calls += 1
+        outs, passes = run_batched(self.encoder_net, x)
+        levels = [level.float() for level in outs]
+        self.encoder_calls += passes
         self.images_encoded += len(images_rgb)
         return [BackboneFeatures([level[i:i + 1] for level in levels], tuple(image.shape[:2]))
                 for i, image in enumerate(images_rgb)]
@@ -133,3 +166,16 @@ class BackboneModel:
     def classify(self, image_rgb: np.ndarray) -> torch.Tensor:
         """ImageNet logits (1000,) of the whole network: a check that the weights are real."""
         return self.net(self._prepare(image_rgb)[None].to(self.device))[0]
+
+
+def build_backbone(cfg: Config, device: torch.device) -> BackboneModel:
+    """`localizer.backbone` (an ImageNet one) on `runtime.backend`, exported and cached like SAM's
+    networks. It runs fp32 on every backend, as in torch: a reference bank's distances are
+    compared with scales learned in fp32, and a bank built on one backend is used on another."""
+    # the same choice (and one-line refusals) as SAM's, so one frame never mixes backends by surprise
+    choice = resolve_backend(cfg.runtime.backend, cfg.precision, device)
+    model = BackboneModel(cfg.localizer.backbone, device, cfg.localizer.backbone_size)
+    if choice.backend != TORCH:
+        onnx = ensure_export(model.export_spec(), cfg.runtime.export_dir, cfg.weights.cache_dir)
+        model.encoder_net = BACKENDS[choice.backend].load(onnx, model.device, "fp32")
+    return model

@@ -1,10 +1,12 @@
 """Runtimes for an exported network: one Protocol, one registry, no if/elif over names.
 
-A `CompiledNet` takes a float32 batch (torch tensor) and returns a torch tensor on the
-model's device. `BACKENDS` maps each `runtime.backend` name to a `Backend`, which says
-whether it can run on a device (and why not, in one line), which precisions it offers
-there, and how to load an exported ONNX file. `torch` is not in the registry: it runs
-the module itself (today's eager path, channels-last and all) and needs no export.
+A `CompiledNet` takes float32 tensors (one per graph input, in order) and returns a torch
+tensor on the model's device, or a tuple of them for a graph with several outputs (the
+backbone's two feature levels, the decoder's masks and scores). `BACKENDS` maps each
+`runtime.backend` name to a `Backend`, which says whether it can run on a device (and why
+not, in one line), which precisions it offers there, and how to load an exported ONNX
+file. `torch` is not in the registry: it runs the module itself (today's eager path,
+channels-last and all) and needs no export.
 
 `resolve_backend` turns `runtime.backend` + `precision` into what runs: `auto` is the
 first entry of `AUTO_ORDER` that is installed and offers the precision on the device.
@@ -16,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Union
 
 import numpy as np
 import torch
@@ -28,13 +30,17 @@ class BackendError(ClipsamError, RuntimeError):
     """A backend that cannot run here or with this precision; one line naming the key and the fix."""
 
 
+Outputs = Union[torch.Tensor, tuple[torch.Tensor, ...]]
+
+
 class CompiledNet(Protocol):
-    """A compiled network: a float32 batch in, a torch tensor out (on the model's device)."""
+    """A compiled network: float32 tensors in, a tensor (or a tuple, several outputs) out on the
+    model's device."""
 
     name: str              # backend name, for reports
-    max_batch: int | None  # frames one call takes; None = any number
+    max_batch: int | None  # frames one call takes (axis 0 of the first input); None = any number
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, *inputs: torch.Tensor) -> Outputs: ...
 
 
 @dataclass(frozen=True)
@@ -61,11 +67,11 @@ class TorchNet:
                  channels_last: bool):
         self.module, self.precision, self.device, self.channels_last = module, precision, device, channels_last
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, *rest: torch.Tensor) -> Outputs:
         from .accel import channels_last_input, encoder_autocast
 
         with encoder_autocast(self.precision, self.device):
-            return self.module(channels_last_input(x, self.channels_last))
+            return self.module(channels_last_input(x, self.channels_last), *rest)
 
 
 # ---------------------------------------------------------------- ONNX Runtime
@@ -78,13 +84,13 @@ class OrtNet:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3      # its warnings about unused initialisers are noise
         self.session = ort.InferenceSession(str(path), options, providers=providers)
-        self.input = self.session.get_inputs()[0].name
+        self.inputs = [i.name for i in self.session.get_inputs()]
         self.name, self.device = name, device
         self.max_batch = _static_batch(self.session.get_inputs()[0].shape)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {self.input: _numpy(x)})[0]
-        return torch.from_numpy(out).to(self.device)
+    def __call__(self, *inputs: torch.Tensor) -> Outputs:
+        outs = self.session.run(None, {name: _numpy(x) for name, x in zip(self.inputs, inputs)})
+        return _torch(outs, self.device)
 
 
 def _ort_unavailable(device: torch.device) -> str:
@@ -147,12 +153,12 @@ class OpenVinoNet:
         self.max_batch = _static_batch([d.get_length() if d.is_static else None
                                         for d in model.inputs[0].get_partial_shape()])
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, *inputs: torch.Tensor) -> Outputs:
         with self._lock:
-            out = self.request.infer({0: _numpy(x)})[0]
-            # the request reuses its output buffer on the next call: copy it out
-            out = np.array(out, copy=True)
-        return torch.from_numpy(out).to(self.device)
+            result = self.request.infer({i: _numpy(x) for i, x in enumerate(inputs)})
+            # the request reuses its output buffers on the next call: copy them out
+            outs = [np.array(result[i], copy=True) for i in range(len(self.compiled.outputs))]
+        return _torch(outs, self.device)
 
 
 def _ov_unavailable(device: torch.device) -> str:
@@ -242,8 +248,25 @@ def resolve_backend(requested: str, precision: str, device: torch.device) -> Cho
     return Choice(requested, precision)
 
 
+def run_batched(net: CompiledNet, x: torch.Tensor) -> tuple[Outputs, int]:
+    """`net` over the batch `x` in as few calls as its graph allows: (outputs, calls). A graph
+    with a fixed batch runs once per frame, and each of those passes is a counted call."""
+    step = net.max_batch or len(x)
+    chunks = [net(x[i:i + step]) for i in range(0, len(x), step)]
+    if len(chunks) == 1:
+        return chunks[0], 1
+    if isinstance(chunks[0], tuple):
+        return tuple(torch.cat(parts) for parts in zip(*chunks)), len(chunks)
+    return torch.cat(chunks), len(chunks)
+
+
 def _numpy(x: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+
+
+def _torch(outs: list[np.ndarray], device: torch.device) -> Outputs:
+    tensors = tuple(torch.from_numpy(out).to(device) for out in outs)
+    return tensors[0] if len(tensors) == 1 else tensors
 
 
 def _static_batch(shape: list) -> int | None:

