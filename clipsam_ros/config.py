@@ -190,6 +190,9 @@ class LocalizerConfig:
                              range=(0, 2048), reload=True)
     coreset_ratio: float = key(1.0, "reference: fraction of bank patches kept by greedy coreset "
                                     "subsampling (1 = all)", range=(0.001, 1.0), reload=True)
+    augment_references: str = key("none", "reference: good images also enter the bank mirrored (flips: "
+                                          "left-right, upside down, both) or also turned 90° (d4, square frames)",
+                                  choices=("none", "flips", "d4"), reload=True)
     checkpoint: str = key("", "trained heads for clip_adapter / umci (safetensors)", reload=True)
     reference_dir: str = key("", "folder of normal images for the reference memory bank", reload=True)
     bank: str = key("", "memory bank file (.safetensors): loaded if present, else built and saved", reload=True)

@@ -179,8 +179,9 @@ def test_the_reload_set_is_whole_sections_plus_the_models_own_keys():
     assert {k for k, s in specs().items() if s.reload and not k.startswith(sections)} == {
         "device", "precision", "compile", "localizer.method", "localizer.checkpoint", "localizer.reference_dir",
         "localizer.bank", "localizer.spatial_radius", "localizer.bank_max_patches", "refiner.method",
-        # the backbone, the bank's coreset and the stream's memory are built with the localizer
-        "localizer.backbone", "localizer.backbone_size", "localizer.coreset_ratio", "localizer.window",
+        # the backbone, the bank's coreset and augmentation and the stream's memory are built with the localizer
+        "localizer.backbone", "localizer.backbone_size", "localizer.coreset_ratio", "localizer.augment_references",
+        "localizer.window",
         "localizer.warmup_frames", "localizer.memory"}
 
 

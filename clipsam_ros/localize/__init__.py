@@ -73,7 +73,8 @@ def _reference(cfg: Config, sam: SamModel, device: torch.device, references: Seq
     source, layers = backbone_id(loc.backbone, cfg.sam.variant), layers_id(backbone)
     bank_path = Path(loc.bank).expanduser() if loc.bank and references is None else None
     if bank_path is not None and bank_path.exists():
-        return ReferenceLocalizer(load_bank(bank_path, source, layers, loc.spatial_radius), loc, backbone)
+        bank = load_bank(bank_path, source, layers, loc.spatial_radius, loc.augment_references)
+        return ReferenceLocalizer(bank, loc, backbone)
     if references is None:
         if not loc.reference_dir:
             raise ConfigError("localizer.method=reference needs localizer.reference_dir (a folder of good "
@@ -81,7 +82,7 @@ def _reference(cfg: Config, sam: SamModel, device: torch.device, references: Seq
         fix = "remove it from localizer.reference_dir"
         references = [read_rgb(p, fix=fix) for p in list_images(loc.reference_dir)]
     bank = build_bank(references, patch_encoder(sam, backbone), source, layers, loc.spatial_radius,
-                      loc.coreset_ratio, progress=progress)
+                      loc.coreset_ratio, progress=progress, augment=loc.augment_references)
     if bank_path is not None:
         save_bank(bank, bank_path)
     return ReferenceLocalizer(bank, loc, backbone)

@@ -23,6 +23,12 @@ percentile of those distances is the bank's `normal_distance`. The map is distan
 (normal_distance · `localizer.distance_scale`), clipped to 0..1, so θ = 0.5 means the
 same whatever the product.
 
+Augmentation: many parts look the same mirrored or turned (a solar cell, a washer). With
+`localizer.augment_references` = flips (or d4, square frames only) each good image enters
+the bank also mirrored left-right, upside down and both (d4: and each of those turned
+90°), so a few references cover more of what normal looks like. The copies share their
+image's source, so leave-one-out calibration never matches an image with its own mirror.
+
 The bank is saved as safetensors (no pickle) with its backbone, layers and radius in
 the metadata; a bank made otherwise is refused.
 """
@@ -65,11 +71,12 @@ class MemoryBank:
     layers: str                # e.g. "2,4@224" (blocks and input side) or "sam"
     spatial_radius: int        # the radius the calibration was made with
     covering_radius: float = 0.0   # Euclidean: every full-bank patch is this close to a kept one
+    augment: str = "none"          # localizer.augment_references the bank was built with
 
     def to(self, device: torch.device) -> MemoryBank:
         return MemoryBank(self.patches.to(device), self.positions.to(device), self.sources.to(device),
                           self.grid, self.normal_distance, self.backbone, self.layers, self.spatial_radius,
-                          self.covering_radius)
+                          self.covering_radius, self.augment)
 
 
 # ---------------------------------------------------------------- patch features
@@ -183,6 +190,26 @@ def distance_map(query: torch.Tensor, bank: MemoryBank, k: int, radius: int, max
 
 # ---------------------------------------------------------------- building
 
+# how many of the square's symmetries each augmentation adds (see `augmented`)
+AUGMENTATIONS = {"none": 1, "flips": 4, "d4": 8}
+
+
+def augmented(image: np.ndarray, augment: str) -> list[np.ndarray]:
+    """The image and its copies: mirrored left-right, upside down, both (= turned 180°);
+    with d4 also each of those turned 90° (a non-square image is refused: its grid would differ)."""
+    if augment not in AUGMENTATIONS:
+        raise BankError(f"localizer.augment_references={augment!r}: choose one of {', '.join(AUGMENTATIONS)}")
+    if augment == "d4" and image.shape[0] != image.shape[1]:
+        raise BankError(f"localizer.augment_references=d4 needs square images, not {image.shape[1]}x"
+                        f"{image.shape[0]}; use flips")
+    out = []
+    for t in range(AUGMENTATIONS[augment]):
+        x = image[:, ::-1] if t & 1 else image
+        x = x[::-1] if t & 2 else x
+        out.append(np.ascontiguousarray(np.rot90(x) if t & 4 else x))
+    return out
+
+
 def greedy_coreset(x: torch.Tensor, n: int, seed: int = 0) -> tuple[torch.Tensor, float]:
     """PatchCore's greedy k-center selection of `n` rows of x (M, C): each step takes the row
     farthest from those taken (measured on a random projection, for speed). Returns the kept
@@ -206,31 +233,37 @@ def greedy_coreset(x: torch.Tensor, n: int, seed: int = 0) -> tuple[torch.Tensor
 
 def build_bank(images: Sequence[np.ndarray], encode: Callable[[np.ndarray], torch.Tensor], backbone: str,
                layers: str, spatial_radius: int, coreset_ratio: float = 1.0,
-               progress: bool = True) -> MemoryBank:
-    """Patch grids of the normal images (`encode`: image → (rows, cols, C)), a coreset of
-    them, and the leave-one-out calibration against that coreset."""
-    grids = [encode(img).cpu() for img in tqdm(images, desc="reference bank", unit="img", disable=not progress)]
+               progress: bool = True, augment: str = "none") -> MemoryBank:
+    """Patch grids of the normal images (`encode`: image → (rows, cols, C)) and of their
+    `augment` copies, a coreset of them, and the leave-one-out calibration against that coreset."""
+    copies = AUGMENTATIONS.get(augment, 0)
+    grids = [encode(copy).cpu() for img in tqdm(images, desc="reference bank", unit="img", disable=not progress)
+             for copy in (augmented(img, augment) if copies != 1 else [img])]
     if len({g.shape for g in grids}) != 1:
         raise BankError("localizer.reference_dir holds images of different sizes; "
                         "use images from the camera that inspects the line")
     rows, cols, channels = grids[0].shape
     patches = torch.cat([g.reshape(-1, channels) for g in grids])
     positions = grid_positions(rows, cols).repeat(len(grids), 1)
-    sources = torch.arange(len(grids)).repeat_interleave(rows * cols)
+    # copies keep their image's index; `copy` says which symmetry made them (0: the image itself)
+    sources = torch.arange(len(images)).repeat_interleave(copies * rows * cols)
+    copy = torch.arange(copies).repeat_interleave(rows * cols).repeat(len(images))
     covering = 0.0
     if coreset_ratio < 1.0:
         keep, covering = greedy_coreset(patches, max(1, int(round(coreset_ratio * len(patches)))))
-        patches, positions, sources = patches[keep], positions[keep], sources[keep]
+        patches, positions, sources, copy = patches[keep], positions[keep], sources[keep], copy[keep]
     distances = []
-    for i, grid in enumerate(grids):
-        radius = spatial_radius
-        if len(grids) > 1:
-            distances.append(knn_distance(grid, patches, positions, 1, radius, drop=sources == i).flatten())
+    for i in range(len(images)):
+        grid = grids[i * copies]
+        if len(images) > 1:
+            distances.append(knn_distance(grid, patches, positions, 1, spatial_radius, drop=sources == i).flatten())
         else:
-            distances.append(knn_distance(grid, patches, positions, 1, radius, drop_self=True).flatten())
+            # one image: against its own other patches, not its mirrored copies (near-twins of itself)
+            distances.append(knn_distance(grid, patches, positions, 1, spatial_radius, drop=copy != 0,
+                                          drop_self=True).flatten())
     normal_distance = float(torch.quantile(torch.cat(distances), _QUANTILE))
     return MemoryBank(patches.contiguous(), positions, sources, (rows, cols), max(normal_distance, 1e-6),
-                      backbone, layers, spatial_radius, covering)
+                      backbone, layers, spatial_radius, covering, augment)
 
 
 def backbone_id(cfg_backbone: str, sam_variant: str) -> str:
@@ -264,11 +297,13 @@ def save_bank(bank: MemoryBank, path: str | Path) -> None:
                "sources": bank.sources.contiguous()}, str(tmp),
               metadata={"normal_distance": repr(bank.normal_distance), "backbone": bank.backbone,
                         "layers": bank.layers, "grid": f"{bank.grid[0]},{bank.grid[1]}",
-                        "spatial_radius": str(bank.spatial_radius), "covering_radius": repr(bank.covering_radius)})
+                        "spatial_radius": str(bank.spatial_radius), "covering_radius": repr(bank.covering_radius),
+                        "augment": bank.augment})
     tmp.replace(path)
 
 
-def load_bank(path: str | Path, backbone: str, layers: str, spatial_radius: int) -> MemoryBank:
+def load_bank(path: str | Path, backbone: str, layers: str, spatial_radius: int,
+              augment: str = "none") -> MemoryBank:
     path = Path(path).expanduser()
     try:
         tensors = load_file(str(path))
@@ -279,7 +314,8 @@ def load_bank(path: str | Path, backbone: str, layers: str, spatial_radius: int)
         rows, cols = (int(v) for v in meta["grid"].split(","))
         bank = MemoryBank(tensors["patches"], tensors["positions"], tensors["sources"], (rows, cols),
                           float(meta["normal_distance"]), meta["backbone"], meta["layers"],
-                          int(meta["spatial_radius"]), float(meta["covering_radius"]))
+                          int(meta["spatial_radius"]), float(meta["covering_radius"]),
+                          meta.get("augment", "none"))   # banks from before augmentation have none
     except Exception as exc:
         raise BankError(f"localizer.bank={str(path)!r} is not a readable memory bank "
                         f"({type(exc).__name__}); delete it to rebuild from localizer.reference_dir") from None
@@ -293,6 +329,9 @@ def load_bank(path: str | Path, backbone: str, layers: str, spatial_radius: int)
         # the calibration depends on the radius
         raise BankError(f"localizer.bank={str(path)!r} was calibrated with localizer.spatial_radius="
                         f"{bank.spatial_radius}, not {spatial_radius}; delete it to rebuild")
+    if bank.augment != augment:
+        raise BankError(f"localizer.bank={str(path)!r} was built with localizer.augment_references="
+                        f"{bank.augment}, not {augment}; delete it to rebuild")
     return bank
 
 
