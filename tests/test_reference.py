@@ -91,3 +91,26 @@ def test_calibration_with_one_good_image_leaves_out_the_patch_itself():
     grid = grid_of(torch.randn(4, 4, 8))
     bank = build_bank([None], lambda _: grid, "sam:lite_medsam", "sam", spatial_radius=-1, progress=False)
     assert bank.normal_distance > 0.2                                 # not 0: the patch did not find itself
+
+
+def test_the_neighbourhood_search_gives_the_full_search_distances():
+    from clipsam_ros.localize.reference import distance_map, knn_distance
+
+    torch.manual_seed(0)
+    grids = grid_of(torch.randn(5, 7, 9, 16))
+    query = grid_of(torch.randn(7, 9, 16))
+    for radius in (0, 1, 3):
+        bank = bank_of(grids, radius)
+        for k in (1, 3):
+            index = bank.neighbours(radius, k)
+            assert index is not None and index.shape[1] == 5 * (2 * radius + 1) ** 2   # N images x window
+            full = knn_distance(query, bank.patches, bank.positions, k, radius)
+            assert torch.allclose(distance_map(query, bank, k, radius, 10_000), full, atol=1e-5)
+    # a coreset that leaves a cell fewer than k neighbours: the full search, which looks anywhere there
+    sparse = bank_of(grids, 0)
+    keep = (sparse.positions[:, 0] != 3) | (sparse.sources == 0)         # cells of row 3: one image left
+    sparse = MemoryBank(sparse.patches[keep], sparse.positions[keep], sparse.sources[keep], (7, 9), 1.0,
+                        "sam:lite_medsam", "sam", 0)
+    assert sparse.neighbours(0, 1) is not None and sparse.neighbours(0, 2) is None
+    assert torch.allclose(distance_map(query, sparse, 2, 0, 10_000),
+                          knn_distance(query, sparse.patches, sparse.positions, 2, 0), atol=1e-5)

@@ -34,7 +34,7 @@ the metadata; a bank made otherwise is refused.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -72,6 +72,17 @@ class MemoryBank:
     spatial_radius: int        # the radius the calibration was made with
     covering_radius: float = 0.0   # Euclidean: every full-bank patch is this close to a kept one
     augment: str = "none"          # localizer.augment_references the bank was built with
+    # (radius, k) -> neighbour index (see neighbours); built on first use, never saved
+    _neighbours: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def neighbours(self, radius: int, k: int) -> torch.Tensor | None:
+        """(cells, L) long: for each grid cell, the bank rows at most `radius` cells away (-1 pads
+        the rows). None when a cell has fewer than k such rows (a coreset can leave one with
+        few): knn_distance then searches anywhere for it. A fixtured frame is then compared with
+        its neighbourhood only, (2R+1)² cells per good image instead of the whole bank."""
+        if (radius, k) not in self._neighbours:
+            self._neighbours[(radius, k)] = neighbour_index(self.positions, self.grid, radius, k)
+        return self._neighbours[(radius, k)]
 
     def to(self, device: torch.device) -> MemoryBank:
         return MemoryBank(self.patches.to(device), self.positions.to(device), self.sources.to(device),
@@ -169,6 +180,45 @@ def knn_distance(query: torch.Tensor, patches: torch.Tensor, positions: torch.Te
     return torch.cat(out).reshape(rows, cols)
 
 
+def neighbour_index(positions: torch.Tensor, grid: tuple[int, int], radius: int, k: int) -> torch.Tensor | None:
+    """For each cell of the grid, the rows of `positions` within `radius` cells (Chebyshev), padded
+    with -1 to the longest list; None when some cell has fewer than k."""
+    rows, cols = grid
+    pairs = []
+    for dr in range(-radius, radius + 1):
+        for dc in range(-radius, radius + 1):
+            r, c = positions[:, 0] + dr, positions[:, 1] + dc
+            inside = (r >= 0) & (r < rows) & (c >= 0) & (c < cols)
+            pairs.append(torch.stack([(r * cols + c)[inside], torch.nonzero(inside).flatten()], dim=1))
+    cell, row = torch.cat(pairs).cpu().T
+    cell, order = cell.sort(stable=True)
+    row = row[order]
+    counts = torch.bincount(cell, minlength=rows * cols)
+    if int(counts.min()) < k:
+        return None
+    start = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(len(cell)) - start[cell]
+    index = torch.full((rows * cols, int(counts.max())), -1, dtype=torch.long)
+    index[cell, slot] = row
+    return index.to(positions.device)
+
+
+def local_knn_distance(query: torch.Tensor, patches: torch.Tensor, index: torch.Tensor, k: int,
+                       chunk: int = 256) -> torch.Tensor:
+    """knn_distance over each query cell's own neighbour rows (`neighbour_index`): the same
+    distances, without comparing every patch with the whole bank."""
+    rows, cols, channels = query.shape
+    flat = query.reshape(-1, channels)
+    out = []
+    for start in range(0, len(flat), chunk):
+        rows_of = index[start:start + chunk]
+        candidates = patches[rows_of.clamp(min=0)]                      # (n, L, C)
+        sim = torch.einsum("nc,nlc->nl", flat[start:start + chunk], candidates)
+        sim = sim.masked_fill(rows_of < 0, -2.0)                           # padding is never a neighbour
+        out.append(1.0 - sim.topk(k, dim=1).values.mean(dim=1))
+    return torch.cat(out).reshape(rows, cols)
+
+
 def spatial_knn_distance(query: torch.Tensor, grids: torch.Tensor, k: int, radius: int) -> torch.Tensor:
     """knn_distance against whole grids (N, rows, cols, C) of good parts."""
     n, rows, cols, channels = grids.shape
@@ -179,6 +229,9 @@ def spatial_knn_distance(query: torch.Tensor, grids: torch.Tensor, k: int, radiu
 def distance_map(query: torch.Tensor, bank: MemoryBank, k: int, radius: int, max_patches: int) -> torch.Tensor:
     """The kNN distance of each query patch, spatially restricted when the grids line up."""
     if radius >= 0 and tuple(query.shape[:2]) == tuple(bank.grid):
+        index = bank.neighbours(radius, k)
+        if index is not None:
+            return local_knn_distance(query, bank.patches, index, k)
         return knn_distance(query, bank.patches, bank.positions, k, radius)
     patches, positions = bank.patches, bank.positions
     if len(patches) > max_patches:
