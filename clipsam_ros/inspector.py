@@ -163,7 +163,7 @@ class Inspector:
     @property
     def backbone(self):
         """The ImageNet backbone each frame runs (a localizer's `backbone`), or None."""
-        return getattr(self.localizer, "backbone", None)
+        return self.localizer.backbone
 
     def _clip_calls(self) -> int:
         encoder = self.clip_encoder
@@ -225,12 +225,7 @@ class Inspector:
                   watch: Stopwatch, features: BackboneFeatures | None = None, camera: int = 0) -> FrameAnalysis:
         size = image_rgb.shape[:2]
         with watch.stage("localize"):
-            if hasattr(self.localizer, "backbone"):
-                # patch-feature localizers (reference, stream) take the backbone's features and the camera
-                estimate = self.localizer(clip, embedding, size, features=features,  # type: ignore[call-arg]
-                                          camera=camera)
-            else:
-                estimate = self.localizer(clip, embedding, size)
+            estimate = self.localizer(clip, embedding, size, features=features, camera=camera)
         return FrameAnalysis(size, clip, embedding, estimate, features)
 
     # ------------------------------------------------------------ frames

@@ -68,9 +68,9 @@ def test_an_exception_inside_inference_is_contained(inspector):
     real = inspector.localizer
 
     class Broken:          # a localizer (base.Localizer) that fails like a GPU out of memory
-        encoder = None
+        encoder = backbone = None
 
-        def __call__(self, *args):
+        def __call__(self, *args, **kwargs):
             raise RuntimeError("CUDA out of memory (simulated)")
 
     inspector.localizer = Broken()
@@ -86,10 +86,10 @@ def test_a_map_with_nan_is_an_error_never_a_pass(inspector):
     real = inspector.localizer
 
     class Overflowing:     # a localizer whose map overflowed (e.g. a reduced precision): NaN everywhere
-        encoder = None
+        encoder, backbone = real.encoder, real.backbone
 
-        def __call__(self, *args):
-            estimate = real(*args)
+        def __call__(self, *args, **kwargs):
+            estimate = real(*args, **kwargs)
             estimate.anomaly_map = np.full_like(estimate.anomaly_map, np.nan)
             return estimate
 

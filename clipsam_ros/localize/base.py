@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 if TYPE_CHECKING:  # torch and open_clip load with the models, not with this contract
+    from ..models.backbone import BackboneFeatures, BackboneModel
     from ..models.clip import ClipEncoder
     from ..models.features import ClipFeatures, SamEmbedding
 
@@ -30,9 +31,17 @@ class Localizer(Protocol):
         nothing but the frame's SAM embedding (no extra encoder pass)."""
         ...
 
-    def __call__(self, clip: ClipFeatures | None, sam: SamEmbedding,
-                 image_size: tuple[int, int]) -> AnomalyEstimate:
-        """The anomaly map S_a at frame resolution `image_size` (h, w), and an image score."""
+    @property
+    def backbone(self) -> BackboneModel | None:
+        """The ImageNet backbone the Inspector must run on each frame for it (patch-feature
+        localizers: reference, stream); None: none."""
+        ...
+
+    def __call__(self, clip: ClipFeatures | None, sam: SamEmbedding, image_size: tuple[int, int], *,
+                 features: BackboneFeatures | None = None, camera: int = 0) -> AnomalyEstimate:
+        """The anomaly map S_a at frame resolution `image_size` (h, w), and an image score.
+        `features`: the frame's `backbone` output; `camera`: which camera the frame came from
+        (a localizer that learns from the stream keeps one memory per camera)."""
         ...
 
 

@@ -192,6 +192,7 @@ class ClipAdapterLocalizer:
             raise AdapterMismatchError(f"{len(heads)} {self.heads_name} for clip.layers={encoder.layers}; "
                                        f"set clip.layers to the checkpoint's layers (localizer.checkpoint)")
         self.encoder = encoder
+        self.backbone = None      # CLIP features only
         self.heads = heads.to(encoder.device).eval().requires_grad_(False)
         self.cfg = cfg
         self.object_name = object_name
@@ -222,7 +223,8 @@ class ClipAdapterLocalizer:
         return probs[..., 1].mean(dim=0).reshape(clip.grid)
 
     @torch.no_grad()
-    def __call__(self, clip: ClipFeatures | None, sam, image_size: tuple[int, int]) -> AnomalyEstimate:
+    def __call__(self, clip: ClipFeatures | None, sam, image_size: tuple[int, int], *,
+                 features=None, camera: int = 0) -> AnomalyEstimate:
         clip = clip_features(clip)
         anomaly_map = finish_map(self.grid_map(clip), image_size, self.cfg.sigma)
         p_cls = abnormal_probability(clip.image_embedding.to(self.text.device), self.text, self.cfg.temperature)

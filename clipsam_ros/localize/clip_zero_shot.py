@@ -112,6 +112,7 @@ class ClipZeroShotLocalizer:
             # residual tokens are not in the text space; zero-shot needs the vv path
             encoder = encoder.with_token_path("vv")
         self.encoder = encoder
+        self.backbone = None      # CLIP features only
         self.cfg = cfg
         self.object_name = object_name
         self.score_map_weight = float(score_map_weight)
@@ -130,7 +131,8 @@ class ClipZeroShotLocalizer:
         return torch.stack(probs).mean(dim=0).reshape(clip.grid)
 
     @torch.no_grad()
-    def __call__(self, clip: ClipFeatures | None, sam, image_size: tuple[int, int]) -> AnomalyEstimate:
+    def __call__(self, clip: ClipFeatures | None, sam, image_size: tuple[int, int], *,
+                 features=None, camera: int = 0) -> AnomalyEstimate:
         clip = clip_features(clip)
         anomaly_map = finish_map(self.grid_map(clip), image_size, self.cfg.sigma)
         p_cls = abnormal_probability(clip.image_embedding.to(self.text.device), self.text,
