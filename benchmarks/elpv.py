@@ -85,7 +85,7 @@ def stream(cfg: Config, cells: Cells, good, bad, defect_rate: float, seed: int, 
     frames = [(good[i], 0) for i in rng.permutation(len(good))[:n_frames - n_bad]]
     frames += [(bad[i], 1) for i in rng.permutation(len(bad))[:n_bad]]
     frames = [frames[i] for i in rng.permutation(len(frames))]
-    loc = StreamLocalizer(cfg.localizer, cells.backbone, cfg.refiner.threshold, "elpv")
+    loc = StreamLocalizer(cfg.localizer, cells.backbone, cfg.refiner, "elpv")
     labels, scores = [], []
     for (_, label), feats in zip(frames, cells.features([i for i, _ in frames])):
         try:

@@ -43,7 +43,7 @@ def run(loc: StreamLocalizer, feats, camera: int = 0) -> float:
 def test_warm_up_frames_are_errors_then_a_defect_seen_twice_stays_anomalous(frames, lite0):
     good, stained = frames
     cfg = stream_cfg(stream_skip_defective=False)      # even when the defects enter the memory
-    loc = StreamLocalizer(cfg.localizer, lite0, 0.5, "test")
+    loc = StreamLocalizer(cfg.localizer, lite0, cfg.refiner, "test")
     for feats in good[:4]:
         with pytest.raises(StreamWarmUp, match="stream warm-up"):
             run(loc, feats)
@@ -57,20 +57,35 @@ def test_warm_up_frames_are_errors_then_a_defect_seen_twice_stays_anomalous(fram
         run(loc, good[0], camera=1)
 
 
+def test_the_skip_rule_follows_a_live_refiner_threshold(frames, lite0):
+    good, stained = frames
+    cfg = stream_cfg(stream_skip_defective=True)
+    loc = StreamLocalizer(cfg.localizer, lite0, cfg.refiner, "test")
+    for feats in good[:4]:
+        with pytest.raises(StreamWarmUp):
+            run(loc, feats)
+    cfg.refiner.threshold = 1.0           # what ros2 param set does to the Inspector's config
+    assert run(loc, good[4]) < 0.5
+    assert len(loc.memory(0)) == 5        # below the threshold: learnt
+    cfg.refiner.threshold = 0.0           # now every frame reaches it
+    run(loc, good[5])
+    assert len(loc.memory(0)) == 5        # judged defective: kept out
+
+
 def test_memory_round_trips_and_a_mismatched_file_is_refused(frames, lite0, tmp_path):
     good, stained = frames
     path = tmp_path / "memory.safetensors"
     cfg = stream_cfg(memory=str(path))
-    loc = StreamLocalizer(cfg.localizer, lite0, 0.5, "efficientnet_lite0 layers 2,4@224")
+    loc = StreamLocalizer(cfg.localizer, lite0, cfg.refiner, "efficientnet_lite0 layers 2,4@224")
     for feats in good[:4]:
         with pytest.raises(StreamWarmUp):
             run(loc, feats)
     loc.save()
-    again = StreamLocalizer(cfg.localizer, lite0, 0.5, "efficientnet_lite0 layers 2,4@224")
+    again = StreamLocalizer(cfg.localizer, lite0, cfg.refiner, "efficientnet_lite0 layers 2,4@224")
     assert [m.level for m in again.memory(0)] == pytest.approx([m.level for m in loc.memory(0)])
     assert run(again, stained[0]) == pytest.approx(run(loc, stained[0]))   # no warm-up after a restart
     with pytest.raises(MemoryFileError, match="localizer.memory=.*delete it"):
-        StreamLocalizer(cfg.localizer, lite0, 0.5, "sam:lite_medsam layers sam")
+        StreamLocalizer(cfg.localizer, lite0, cfg.refiner, "sam:lite_medsam layers sam")
 
 
 @pytest.mark.slow   # whole frames through the real models

@@ -103,7 +103,7 @@ def _stream(cfg: Config, sam: SamModel, device: torch.device, references: Sequen
     encode = patch_encoder(sam, backbone)
     seed = [encode(image) for image in references] if references else None
     source = f"{backbone_id(loc.backbone, cfg.sam.variant)} layers {layers_id(backbone)}"
-    return StreamLocalizer(loc, backbone, cfg.refiner.threshold, source, seed)
+    return StreamLocalizer(loc, backbone, cfg.refiner, source, seed)
 
 
 def build_heads_clip(cfg: Config, device: torch.device) -> ClipEncoder:

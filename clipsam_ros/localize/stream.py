@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..config import LocalizerConfig
+from ..config import LocalizerConfig, RefinerConfig
 from ..errors import ClipsamError
 from ..models.backbone import BackboneFeatures, BackboneModel
 from ..models.features import ClipFeatures, SamEmbedding
@@ -85,11 +85,13 @@ def robust_score(distances: torch.Tensor, quantile: float) -> torch.Tensor:
 class StreamLocalizer:
     encoder = None       # no CLIP
 
-    def __init__(self, cfg: LocalizerConfig, backbone: BackboneModel | None, threshold: float,
+    def __init__(self, cfg: LocalizerConfig, backbone: BackboneModel | None, refiner: RefinerConfig,
                  source: str, seed: list[torch.Tensor] | None = None):
         self.cfg = cfg
         self.backbone = backbone          # run once per frame by the Inspector; None: SAM cells
-        self.threshold = threshold        # refiner.threshold: a frame whose map reaches it is defective
+        # a frame whose map reaches refiner.threshold is defective; the object, not its value, so a
+        # live `ros2 param set refiner.threshold` reaches the memory's rule too
+        self.refiner = refiner
         self.source = source              # what made the features (a memory file records it)
         self.learning = True
         self.seed = [Remembered(g.cpu(), float("nan")) for g in seed or []]
@@ -124,7 +126,7 @@ class StreamLocalizer:
         ratio = raw / (normal * self.cfg.distance_scale)
         score = ratio.clamp(0, 1)
         # the map's verdict, not the image score's squashing, decides what is defective
-        if self.learning and not (self.cfg.stream_skip_defective and float(score.max()) >= self.threshold):
+        if self.learning and not (self.cfg.stream_skip_defective and float(score.max()) >= self.refiner.threshold):
             self._remember(memory, query, float(torch.quantile(raw.flatten(), _QUANTILE)))
         frame = grid_to_frame(score.cpu().numpy(), None if features is not None else sam, self.cfg.sigma,
                               image_size)
