@@ -37,7 +37,7 @@ def test_sam_encoder_runs_once_per_frame_and_clip_never(inspector):
     results = [inspector.inspect(image) for _ in range(2)]
     assert inspector.sam.encoder_calls - before == 2
     for r in results:
-        assert r.encoder_calls == {"sam": 1, "clip": 0}
+        assert r.encoder_calls == {"sam": 1, "clip": 0, "backbone": 1}
         assert {"sam_encoder", "localize", "ppg", "cps", "fuse", "decide", "total"} <= set(r.timings_ms)
         assert "clip_encoder" not in r.timings_ms
 
@@ -144,6 +144,6 @@ def test_frames_from_several_cameras_are_encoded_together_and_counted(inspector)
     batched = inspector.sam.encoder_net.max_batch is None
     assert inspector.sam.encoder_calls - passes == (1 if batched else 2) and inspector.sam.images_encoded - images == 2
     assert [r.verdict for r in results] == ["fail", "error", "pass"]
-    assert results[0].encoder_calls == {"sam": 1, "clip": 0} and results[2].mask.shape == (240, 320)
+    assert results[0].encoder_calls == {"sam": 1, "clip": 0, "backbone": 1} and results[2].mask.shape == (240, 320)
     single = inspector.inspect(stain)
     assert iou(single.mask, results[0].mask) > 0.98         # batching does not change the answer
