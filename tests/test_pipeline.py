@@ -25,6 +25,7 @@ def metal_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def inspector(offline_cfg, lite_sam, metal_root, tmp_path_factory):
     cfg = copy.deepcopy(offline_cfg)
+    cfg.localizer.backbone = "sam"      # the bank on SAM cells: one encoder per frame (test_backbone: the other)
     cfg.localizer.reference_dir = str(metal_root / "metal" / "train" / "good")
     cfg.localizer.bank = str(tmp_path_factory.mktemp("bank") / "metal.safetensors")
     localizer = build_localizer(cfg, lite_sam, torch.device("cpu"), progress=False)
@@ -37,7 +38,7 @@ def test_sam_encoder_runs_once_per_frame_and_clip_never(inspector):
     results = [inspector.inspect(image) for _ in range(2)]
     assert inspector.sam.encoder_calls - before == 2
     for r in results:
-        assert r.encoder_calls == {"sam": 1, "clip": 0, "backbone": 1}
+        assert r.encoder_calls == {"sam": 1, "clip": 0}
         assert {"sam_encoder", "localize", "ppg", "cps", "fuse", "decide", "total"} <= set(r.timings_ms)
         assert "clip_encoder" not in r.timings_ms
 
@@ -93,7 +94,7 @@ def test_bank_is_saved_and_reloaded_identically(inspector, offline_cfg, lite_sam
     with pytest.raises(BankError, match="spatial_radius"):
         load_bank(path, "sam:lite_medsam", "sam", radius + 1)
     cfg = copy.deepcopy(offline_cfg)
-    cfg.localizer.bank = path                                  # no reference_dir: the file is enough
+    cfg.localizer.bank, cfg.localizer.backbone = path, "sam"   # no reference_dir: the file is enough
     reloaded = build_localizer(cfg, lite_sam, torch.device("cpu"))
     image, _ = make_sample("metal", "scratch", seed=4)
     emb = lite_sam.encode(image)
@@ -144,6 +145,6 @@ def test_frames_from_several_cameras_are_encoded_together_and_counted(inspector)
     batched = inspector.sam.encoder_net.max_batch is None
     assert inspector.sam.encoder_calls - passes == (1 if batched else 2) and inspector.sam.images_encoded - images == 2
     assert [r.verdict for r in results] == ["fail", "error", "pass"]
-    assert results[0].encoder_calls == {"sam": 1, "clip": 0, "backbone": 1} and results[2].mask.shape == (240, 320)
+    assert results[0].encoder_calls == {"sam": 1, "clip": 0} and results[2].mask.shape == (240, 320)
     single = inspector.inspect(stain)
     assert iou(single.mask, results[0].mask) > 0.98         # batching does not change the answer
