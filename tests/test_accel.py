@@ -198,10 +198,12 @@ def test_run_encoders_on_cpu_runs_each_once_in_turn():
 
 @pytest.fixture(scope="module")
 def reference_cfg(offline_cfg, lite_sam, tmp_path_factory):
-    """The offline profile with a saved bank of good metal parts: later inspectors load it cheaply."""
+    """The offline profile with a saved bank of good metal parts: later inspectors load it cheaply.
+    On SAM cells (`backbone: sam`): these tests wrap the localizer, and the warm-up is the subject."""
     root = tmp_path_factory.mktemp("synth")
     generate_dataset(root, n=3, seed=0, classes=["metal"])
     cfg = copy.deepcopy(offline_cfg)
+    cfg.localizer.backbone = "sam"
     cfg.localizer.reference_dir = str(root / "metal" / "train" / "good")
     cfg.localizer.bank = str(tmp_path_factory.mktemp("bank") / "metal.safetensors")
     build_localizer(cfg, lite_sam, CPU, progress=False)
@@ -245,7 +247,8 @@ def test_warm_up_runs_frames_that_count_nowhere(reference_cfg, lite_sam):
 
     image, _ = make_sample("metal", "scratch", seed=4)
     a, b = cold.inspect(image), warm.inspect(image)
-    assert b.verdict == a.verdict != "error" and b.encoder_calls == a.encoder_calls == {"sam": 1, "clip": 0}
+    assert b.verdict == a.verdict != "error"
+    assert b.encoder_calls == a.encoder_calls == {"sam": 1, "clip": 0}
     for field in ("mask", "anomaly_map", "pixel_scores"):
         assert np.array_equal(getattr(a, field), getattr(b, field)), field
     assert a.score == b.score and [d.bbox for d in a.defects] == [d.bbox for d in b.defects]

@@ -84,7 +84,8 @@ def test_a_bank_built_with_another_backbone_is_refused(metal_inspector, offline_
 
     path = tmp_path / "bank.safetensors"
     save_bank(metal_inspector.localizer.bank, path)
-    bank = load_bank(path, "efficientnet_lite0", "2,4@224", metal_inspector.cfg.localizer.spatial_radius)
+    layers = f"2,4@{metal_inspector.backbone.size}"
+    bank = load_bank(path, "efficientnet_lite0", layers, metal_inspector.cfg.localizer.spatial_radius)
     assert torch.equal(bank.patches, metal_inspector.localizer.bank.patches)
     cfg = copy.deepcopy(metal_inspector.cfg)
     cfg.localizer.bank, cfg.localizer.backbone = str(path), "sam"

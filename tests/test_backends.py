@@ -93,7 +93,7 @@ def test_every_backend_gives_torch_fp32s_embeddings_masks_and_verdicts(offline_c
         assert (a - b).abs().max().item() < EMBEDDING_ATOL[precision]
         assert s.verdict == r.verdict != "error"
         assert iou(s.mask > 0, r.mask > 0) >= 0.99 if r.mask.any() or s.mask.any() else True
-        assert s.encoder_calls == r.encoder_calls == {"sam": 1, "clip": 0}
+        assert s.encoder_calls == r.encoder_calls == {"sam": 1, "clip": 0, "backbone": 1}
     assert any(r.verdict == "fail" for r in want) and any(r.verdict == "pass" for r in want)
 
 

@@ -39,7 +39,7 @@ def test_inspect_writes_mask_overlay_and_json(metal, tmp_path, capsys):
     assert json.loads((tmp_path / "good_000.json").read_text())["verdict"] == "pass"
     data = json.loads((tmp_path / "stain_000.json").read_text())
     assert set(data) >= {"verdict", "score", "defects", "timings_ms", "encoder_calls"}
-    assert data["verdict"] == "fail" and data["encoder_calls"] == {"sam": 1, "clip": 0}
+    assert data["verdict"] == "fail" and data["encoder_calls"] == {"sam": 1, "clip": 0, "backbone": 1}
     for defect in data["defects"]:
         assert set(defect) == {"bbox", "area_px", "score"} and len(defect["bbox"]) == 4
     assert "stain/000.png: fail" in capsys.readouterr().out
@@ -71,7 +71,7 @@ def test_demo_writes_the_summary_contract(tmp_path, capsys):
     assert len(summary["images"]) == 7                            # 3 defects × 2 + 1 good
     for row in summary["images"]:
         assert {"image", "verdict", "iou", "encoder_calls"} <= set(row)
-        assert row["encoder_calls"] == {"sam": 1, "clip": 0}
+        assert row["encoder_calls"] == {"sam": 1, "clip": 0, "backbone": 1}
         assert (tmp_path / f"{row['image']}_overlay.png").exists()
     # the refiner must add something over the thresholded map, on the real pipeline too
     assert summary["mean_iou"]["refined"] > summary["mean_iou"]["coarse"]

@@ -141,7 +141,9 @@ def test_nothing_above_threshold_means_no_decoder_pass_and_an_empty_mask(lite_sa
 
 def test_offline_guards_keep_masks_near_the_region_and_cover_the_defect(lite_sam, stain, offline_cfg):
     _, truth, emb = stain
-    cfg = offline_cfg.refiner
+    # the region-covering box with a 15 px margin, as for a CLIP-like map (offline.yaml's backbone
+    # map over-covers, so the profile itself takes SAM's stage-2 box: README, "Offline profile")
+    cfg = dataclasses.replace(offline_cfg.refiner, box_covers_region=True, box_margin_px=15.0)
     rec = RecordingSam(lite_sam)
     result = refine_cps(coarse_from_truth(truth), emb, rec, cfg)
     (prompt,) = result.prompts

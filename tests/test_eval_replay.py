@@ -306,3 +306,21 @@ def test_a_folder_without_metadata_is_read_from_its_storage_file(tmp_path):
     (tmp_path / "junk.mcap").write_bytes(b"not an mcap file at all")
     with pytest.raises(BagError, match="junk.mcap cannot be read"):
         Bag(tmp_path / "junk.mcap").open()
+
+
+# ------------------------------------------------------------------ the stream localizer, no references
+
+def test_stream_replay_answers_warm_up_frames_with_errors_then_judges(tmp_path, capsys):
+    bag, out, report = tmp_path / "line", tmp_path / "line_out", tmp_path / "report"
+    assert main(["synth", "--bag", str(bag), "--n", "6", "--size", *map(str, SIZE)]) == 0
+    rc = main(["replay", str(bag), "--image-topic", IMAGE_TOPIC, "--gt-topic", GT_TOPIC, "--out", str(out),
+               "--report", str(report), "--config", OFFLINE, "--set", "localizer.method=stream",
+               "--set", "localizer.warmup_frames=2", "--set", "localizer.window=4"])
+    assert rc == 0, capsys.readouterr().err
+    data = json.loads((report / "report.json").read_text())
+    assert data["frames"] == 6 and data["warmup_frames"] == 2
+    rows = list(csv.DictReader(open(report / "frames.csv")))
+    assert [r["verdict"] for r in rows[:2]] == ["error", "error"]
+    assert all("stream warm-up" in r["error"] for r in rows[:2])
+    assert all(r["verdict"] in ("pass", "fail") for r in rows[2:])          # judged once warm
+    assert data["metrics_frames"] == 4 and [r["gt"] for r in rows[:2]] == ["skipped (error frame)"] * 2

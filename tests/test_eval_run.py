@@ -70,3 +70,39 @@ def test_a_wrong_layout_is_one_line_before_any_model_loads(tmp_path, capsys):
     rc = main(["eval", "--root", str(tmp_path), "--layout", "visa", "--report", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and f"expected {tmp_path}/split_csv/1cls.csv" in err[0]
+
+
+# ------------------------------------------------------------------ the stream localizer under eval
+
+def test_line_order_is_a_fixed_shuffle_of_the_same_samples():
+    from clipsam_ros.eval.runner import line_order
+
+    samples = list(range(20))
+    order = line_order(samples)
+    assert sorted(order) == samples and order != samples
+    assert line_order(samples) == order                       # the same every run
+
+
+@pytest.fixture(scope="module")
+def two_products(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval_stream")
+    generate_dataset(root, n=2, classes=["metal", "washer"], size=(320, 240))
+    return root
+
+
+def test_stream_eval_leaves_each_products_warm_up_out_and_scores_the_rest(two_products, tmp_path):
+    out = tmp_path / "report"
+    rc = main(["eval", "--root", str(two_products), "--layout", "synth", "--config", str(config_path("offline.yaml")),
+               "--set", "localizer.method=stream", "--set", "localizer.warmup_frames=3",
+               "--set", "localizer.window=6", "--report", str(out), "--worst", "0"])
+    assert rc == 0
+    data = json.loads((out / "report.json").read_text())
+    # each product's memory starts afresh: its first 3 images are warm-up, the rest are scored
+    assert data["warmup_frames"] == {"metal": 3, "washer": 3}
+    scored = {name: len(list((two_products / name / "test").glob("*/*.png"))) - 3 for name in ("metal", "washer")}
+    assert data["images"] == scored and min(scored.values()) >= 3
+    for name in ("metal", "washer"):
+        confusion = data["confusion"][name]
+        assert sum(confusion["good"].values()) + sum(confusion["defect"].values()) == scored[name]
+        assert data["classes"][name]["pixel_auroc"] is not None
+    assert "6 warm-up images left out" in (out / "report.md").read_text()

@@ -25,6 +25,7 @@ def metal_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def inspector(offline_cfg, lite_sam, metal_root, tmp_path_factory):
     cfg = copy.deepcopy(offline_cfg)
+    cfg.localizer.backbone = "sam"      # the bank on SAM cells: one encoder per frame (test_backbone: the other)
     cfg.localizer.reference_dir = str(metal_root / "metal" / "train" / "good")
     cfg.localizer.bank = str(tmp_path_factory.mktemp("bank") / "metal.safetensors")
     localizer = build_localizer(cfg, lite_sam, torch.device("cpu"), progress=False)
@@ -112,7 +113,7 @@ def test_bank_is_saved_and_reloaded_identically(inspector, offline_cfg, lite_sam
     with pytest.raises(BankError, match="spatial_radius"):
         load_bank(path, "sam:lite_medsam", "sam", radius + 1)
     cfg = copy.deepcopy(offline_cfg)
-    cfg.localizer.bank = path                                  # no reference_dir: the file is enough
+    cfg.localizer.bank, cfg.localizer.backbone = path, "sam"   # no reference_dir: the file is enough
     reloaded = build_localizer(cfg, lite_sam, torch.device("cpu"))
     image, _ = make_sample("metal", "scratch", seed=4)
     emb = lite_sam.encode(image)

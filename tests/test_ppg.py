@@ -69,6 +69,16 @@ def test_positives_are_top_scores_inside_the_region_and_spaced(cfg):
     assert amap[int(pos[1][1]), int(pos[1][0])] >= amap[int(pos[2][1]), int(pos[2][0])]
 
 
+def test_a_saturated_plateau_puts_the_positive_point_at_its_centre_not_its_edge(cfg):
+    # a map clipped at 1 over a whole region: every pixel ties; raster order would pick the top-left one
+    amap = np.zeros((H, W), np.float32)
+    amap[100:181, 230:311] = 1.0
+    region = amap > cfg.threshold
+    (prompt,) = generate_prompts(amap, embedding_with({}, unit(0), region, unit(1)), cfg)
+    x, y = prompt.positive[0]
+    assert abs(x - 270) <= 2 and abs(y - 140) <= 2
+
+
 def test_spacing_limits_how_many_points_fit():
     scores = np.zeros((50, 50), np.float32)
     allowed = np.zeros((50, 50), bool)

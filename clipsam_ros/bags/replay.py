@@ -20,6 +20,11 @@
   whichever comes first, within `MATCH_WINDOW` frames) `metrics` holds the
   pixel / image metrics of `eval.metrics` over the paired frames (frames with
   verdict "error" are left out and counted). Image score = the frame's `score`.
+* `localizer.method: stream` learns "normal" from the recording itself, in recorded
+  order, as the node would: until its memory holds `localizer.warmup_frames`
+  frames, each frame is answered verdict "error" (reject) with reason "stream
+  warm-up" and counted in `report.json["warmup_frames"]`; such frames are out of
+  the metrics like any error frame. `localizer.reference_dir` seeds the memory.
 * A damaged bag: everything before the damage is inspected and reported, the
   reason is one line on stderr and in `report.json["error"]`, exit code 1.
 """
@@ -173,6 +178,14 @@ def good_dir_of(bag: str | Path) -> Path:
     return bag.with_name(bag.name + "_good")
 
 
+def is_warm_up(error: str) -> bool:
+    """Whether a frame's error is the stream localizer's warm-up (the result keeps only the
+    one-line message, which starts with the exception's type)."""
+    from ..localize.stream import StreamWarmUp
+
+    return error.startswith(StreamWarmUp.__name__)
+
+
 def _percentiles(values: list[float]) -> dict[str, float | None]:
     return {"p50": _json_number(percentile(values, 50), 2), "p95": _json_number(percentile(values, 95), 2),
             "max": _json_number(max(values) if values else None, 2)}
@@ -197,6 +210,7 @@ class ReplayReport:
     gt_missing: int = 0
     gt_unpaired_masks: int = 0
     gt_errors: int = 0
+    warmup_frames: int = 0         # stream localizer: frames answered "error" while its memory filled
     complete: bool = True
     error: str = ""
     notes: list[str] = field(default_factory=list)
@@ -334,6 +348,7 @@ def _finish(report: ReplayReport, records: list[FrameRecord], pairs: GroundTruth
     report.frames = len(records)
     report.verdicts = {v: n for v, n in sorted(Counter(r.verdict for r in records).items())}
     report.latency_ms = _percentiles([r.latency_ms for r in records])
+    report.warmup_frames = sum(is_warm_up(r.error) for r in records)
     if report.gt_topic is not None:
         report.gt_errors = gt_errors
         if pairs is not None:

@@ -54,6 +54,7 @@ def register(subparsers) -> None:
                    help="resize images so the longer side is N px before evaluating (default 0: own size)")
     p.add_argument("--shots", type=int, default=8,
                    help="reference localizer: train/good images per class in the bank (default 8, 0 = all); "
-                        "with --layout folders they come from good/ and are never tested")
+                        "with --layout folders they come from good/ and are never tested; the stream localizer "
+                        "takes none (a fresh memory per class, warm-up images left out: docs/EVAL.md)")
     p.add_argument("--worst", type=int, default=3, help="overlays of the N worst images per class (default 3)")
     p.set_defaults(func=cmd_eval)

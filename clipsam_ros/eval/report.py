@@ -15,7 +15,7 @@ import numpy as np
 
 from ..config import Config, to_dict
 from ..imaging.files import read_rgb
-from ..localize import needs_references
+from ..localize import learns_online, needs_references
 from .metrics import METRIC_KEYS
 from .runner import ClassResult, EvalResult, WorstImage
 from .variants import PIPELINE
@@ -65,6 +65,8 @@ def build_json(result: EvalResult, cfg: Config, root: str, layout: str) -> dict:
         "image_score": "max of the pixel scores (InspectionResult.score)",
         "images": {c.name: c.images for c in result.classes},
         "confusion": {c.name: c.confusion for c in result.classes},
+        # stream localizer: images that only filled a fresh memory (verdict "error" on a line), not scored
+        "warmup_frames": {c.name: c.warmup_frames for c in result.classes},
         "classes": classes,
         "mean": mean_metrics(list(classes.values())),
         "ablations": {},
@@ -124,6 +126,10 @@ def build_markdown(result: EvalResult, cfg: Config, root: str, layout: str, plot
 
 
 def _bank_note(result: EvalResult, cfg: Config) -> str:
+    if learns_online(cfg):
+        seeded = "seeded from localizer.reference_dir" if cfg.localizer.reference_dir else \
+            f"{sum(c.warmup_frames for c in result.classes)} warm-up images left out"
+        return f" (a fresh stream memory per class, test images in a shuffled line order; {seeded})"
     if not needs_references(cfg):
         return ""
     sizes = sorted({c.bank_images for c in result.classes})

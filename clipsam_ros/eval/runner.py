@@ -19,6 +19,14 @@ Choices, documented in docs/EVAL.md:
   images (evenly spaced over the sorted list), through `Inspector.from_config(
   references=...)`; the configured `localizer.bank` and `reference_dir` are not
   used. Other localizers are built once, in one Inspector for every class.
+* stream localizer (learns online): run as the node runs it, on the same config.
+  Each class is a product and gets a fresh memory (its own Inspector); its test
+  images go by in a fixed shuffled order (`line_order`: a line does not sort its
+  parts by defect kind, and sorted folders would fill the memory with one kind).
+  With `localizer.reference_dir` set the memory starts seeded from it; otherwise
+  the first `localizer.warmup_frames` images are warm-up frames, answered
+  "error" on a line: they are left out of every metric and the verdict table and
+  counted (`ClassResult.warmup_frames`). `shots` does not apply.
 """
 from __future__ import annotations
 
@@ -35,7 +43,8 @@ from ..data.datasets import ClassData, DatasetError, Sample, read_mask
 from ..decision import Defect, Verdict
 from ..imaging.files import read_rgb
 from ..inspector import FrameAnalysis, InspectionResult, Inspector
-from ..localize import needs_references
+from ..localize import learns_online, needs_references
+from ..localize.stream import StreamWarmUp
 from ..timing import Stopwatch
 from .metrics import MetricAccumulator, PixelCurves, iou
 from .variants import PIPELINE, Variant, ablation_variants
@@ -64,6 +73,7 @@ class ClassResult:
     bank_images: int = 0                   # reference localizer: normal images in the bank
     # the pipeline's verdicts at the configured thresholds: good|defect -> pass|fail (error = fail)
     confusion: dict[str, dict[str, int]] = field(default_factory=dict)
+    warmup_frames: int = 0                 # stream localizer: images that only filled the memory
 
 
 @dataclass
@@ -75,6 +85,12 @@ class EvalResult:
     shots: int
     wall_s: float
     stage_ms: dict[str, float] = field(default_factory=dict)   # summed over all images
+
+
+def line_order(samples: list[Sample], seed: int = 0) -> list[Sample]:
+    """The samples in a fixed pseudo-random order, as parts come down a line."""
+    order = np.random.default_rng(seed).permutation(len(samples))
+    return [samples[i] for i in order]
 
 
 def pick_shots(paths: list[Path], shots: int) -> list[Path]:
@@ -109,6 +125,9 @@ class Evaluator:
 
     def inspector_for(self, data: ClassData, bar: tqdm | None = None) -> Inspector:
         """The class's Inspector: one with a bank of the class's shots, or the one shared by all."""
+        if learns_online(self.cfg):
+            # a product of its own: a fresh memory, never the previous class's parts
+            return Inspector.from_config(self.cfg, progress=False, sam=self.sam)
         if not self.learns_from_references():
             if self._shared is None:
                 self._shared = Inspector.from_config(self.cfg, progress=False, sam=self.sam)
@@ -160,13 +179,21 @@ class Evaluator:
         # a reference is never a test image (the folders layout draws both from good/)
         shots = set(pick_shots(data.train_good, self.shots)) if self.learns_from_references() else set()
         test = [s for s in data.test if s.image not in shots]
+        if learns_online(self.cfg):
+            test = line_order(test)
+        warmup = 0
         accs = {key: MetricAccumulator() for key in self.unique}
         worst: list[WorstImage] = []
         confusion = {"good": {"pass": 0, "fail": 0}, "defect": {"pass": 0, "fail": 0}}
         for sample in test:
             image = read_rgb(sample.image, self.size, fix="remove it or fix the dataset")
             truth = read_mask(sample, image.shape[:2])
-            _, results = self.analyse(inspector, image)
+            try:
+                _, results = self.analyse(inspector, image)
+            except StreamWarmUp:        # the memory learnt the frame; there is nothing to score yet
+                warmup += 1
+                bar.update(1)
+                continue
             for key, result in results.items():
                 if sample.pixel_truth:
                     accs[key].add(result.pixel_scores, truth, result.score, sample.label)
@@ -179,8 +206,8 @@ class Evaluator:
             bar.update(1)
         by_key = {key: acc.result() for key, acc in accs.items()}
         names = {v.name: by_key[v.key] for v in [self.pipeline] + [v for vs in self.ablations.values() for v in vs]}
-        return ClassResult(data.name, len(test), names, accs[self.pipeline.key].curves(), worst, bank_images,
-                           confusion)
+        return ClassResult(data.name, len(test) - warmup, names, accs[self.pipeline.key].curves(), worst,
+                           bank_images, confusion, warmup)
 
     def _keep_worst(self, worst: list[WorstImage], sample: Sample, truth: np.ndarray,
                     result: InspectionResult) -> None:

@@ -38,6 +38,16 @@ def needs_references(cfg: Config) -> bool:
     return cfg.localizer.method in NEEDS_REFERENCES
 
 
+# the methods that learn "normal" from the frames they judge: order matters, a fresh memory
+# answers warm-up errors, and a product (an eval class) needs a memory of its own
+LEARNS_ONLINE = frozenset({"stream"})
+
+
+def learns_online(cfg: Config) -> bool:
+    """Whether the configured localizer learns from the frames it inspects (the stream)."""
+    return cfg.localizer.method in LEARNS_ONLINE
+
+
 # (config, SAM, device, normal images or None, progress) -> Localizer
 LocalizerBuilder = Callable[[Config, "SamModel", "torch.device", "Sequence[np.ndarray] | None", bool], Localizer]
 

@@ -3,7 +3,9 @@
 From the CLIP anomaly map S_a and the frame's SAM embedding F:
 
 - extreme region M = S_a > θ, split into connected components (one prompt set each);
-- positives: top-k of R_a = S_a·M inside the component, at least `spacing` apart;
+- positives: top-k of R_a = S_a·M inside the component, at least `spacing` apart; among
+  equal scores the pixel deepest inside the component (a map clipped at 1 has a
+  plateau, and its first pixel in raster order would sit on the region's top edge);
 - ring N_a = dilate(M_i) − M with a (shape, size) kernel (paper's best: ellipse 25×25);
 - F_a = mean SAM embedding over M_i; negatives: the k ring pixels whose embedding
   is least cosine-similar to F_a, at least `spacing` apart.
@@ -92,6 +94,17 @@ def spaced_extremes(scores: np.ndarray, allowed: np.ndarray, k: int, spacing: fl
     return np.array(picked, dtype=np.float32).reshape(-1, 2)
 
 
+# smaller than any difference of scores that matters, larger than float32 rounding of values near 1
+_TIE_BREAK = 1e-4
+
+
+def central_first(anomaly_map: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """S_a plus a tie-break toward the region's interior (its distance transform, scaled to at
+    most `_TIE_BREAK`): equal scores go to the most central pixel; scores further apart than that keep their order."""
+    depth = cv2.distanceTransform(region.astype(np.uint8), cv2.DIST_L2, 3)
+    return anomaly_map.astype(np.float64) + _TIE_BREAK * depth / max(float(depth.max()), 1.0)
+
+
 def ring_mask(region: np.ndarray, all_regions: np.ndarray, shape: str, size: int) -> np.ndarray:
     """N_a = dilate(M_i) − M: the band around one region, outside every region."""
     kernel = cv2.getStructuringElement(KERNEL_SHAPES[shape], (size, size))
@@ -144,7 +157,8 @@ def generate_prompts(anomaly_map: np.ndarray, embedding: SamEmbedding, cfg: Refi
     all_regions = np.logical_or.reduce(regions)
     prompts = []
     for region in strongest_first(regions, anomaly_map, cfg.max_regions):
-        positive = spaced_extremes(anomaly_map, region, cfg.num_positive, cfg.point_spacing_px)
+        positive = spaced_extremes(central_first(anomaly_map, region), region, cfg.num_positive,
+                                   cfg.point_spacing_px)
         ring = ring_mask(region, all_regions, cfg.dilation_shape, cfg.dilation_size)
         negative = np.zeros((0, 2), np.float32)
         if cfg.use_negative_points and cfg.num_negative > 0 and ring.any():
