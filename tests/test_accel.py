@@ -222,9 +222,13 @@ class CountingLocalizer:
     def encoder(self):
         return self.inner.encoder
 
-    def __call__(self, clip, sam, size):
+    @property
+    def backbone(self):
+        return self.inner.backbone
+
+    def __call__(self, clip, sam, size, **frame):
         self.calls += 1
-        estimate = self.inner(clip, sam, size)
+        estimate = self.inner(clip, sam, size, **frame)
         self.peaks.append(float(estimate.anomaly_map.max()))
         return estimate
 

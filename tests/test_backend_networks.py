@@ -81,7 +81,8 @@ def test_the_backbone_gives_torch_fp32s_features_in_one_pass_on_every_backend(of
     got = model.encode_batch(images[:3])
     assert (model.encoder_calls, model.images_encoded) == (1, 3)
     for a, b in zip(want, got):
-        assert [tuple(x.shape) for x in b.levels] == [(1, 40, 28, 28), (1, 112, 14, 14)]
+        side = model.size      # offline.yaml's localizer.backbone_size
+        assert [tuple(x.shape) for x in b.levels] == [(1, 40, side // 8, side // 8), (1, 112, side // 16, side // 16)]
         for x, y in zip(a.levels, b.levels):
             assert (x - y).abs().max().item() < FEATURE_ATOL
     # one frame through the same free-batch graph

@@ -176,7 +176,9 @@ def test_every_localizer_with_every_refiner_inspects_a_frame(trained, roots, lit
             result = inspector.inspect(image)
             where = f"{method} x {refiner}"
             assert result.verdict in ("pass", "fail"), (where, result.error)
-            assert result.encoder_calls == {"sam": 1, "clip": 0 if method == "reference" else 1}, where
+            # reference: the offline profile's ImageNet backbone instead of CLIP
+            want = {"sam": 1, "clip": 0, "backbone": 1} if method == "reference" else {"sam": 1, "clip": 1}
+            assert result.encoder_calls == want, where
             assert result.mask.shape == image.shape[:2] and 0 <= result.pixel_scores.min() <= result.score <= 1
             stage = {"cps": "cps", "mmr": "mmr"}.get(refiner)
             if stage and result.refinement.prompts:
