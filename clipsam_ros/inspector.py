@@ -357,6 +357,10 @@ class Inspector:
                 self.localizer.learning = learning  # type: ignore[attr-defined]
         return time.perf_counter() - start
 
+    def close(self) -> None:
+        """Done with frames: components keep what they learnt (the stream's memory file)."""
+        self.localizer.close()
+
     def _counters(self) -> list[tuple[object, str, int]]:
         """(object, attribute, value) of every counter a frame advances."""
         owners: list[tuple[object, str]] = [(self, "frames"), (self.sam, "encoder_calls"),

@@ -255,6 +255,7 @@ class SlowFakeInspector:
     batches: list = field(default_factory=list)    # frames per call
     cameras: list = field(default_factory=list)    # the camera indices of each call's frames
     warm_ups: list = field(default_factory=list)   # (frames, batch) per warm_up call
+    closed: int = 0                                # close() calls (the node's cleanup)
 
     def inspect(self, rgb: np.ndarray, camera: int = 0):
         return self.inspect_batch([rgb], [camera])[0]
@@ -268,6 +269,9 @@ class SlowFakeInspector:
         self.cameras.append(list(range(len(images))) if cameras is None else list(cameras))
         time.sleep(self.seconds)
         return [passed(rgb) for rgb in images]
+
+    def close(self) -> None:
+        self.closed += 1
 
     def warm_up(self, frames: int | None = None, batch: int = 1) -> float:
         self.warm_ups.append((frames, batch))

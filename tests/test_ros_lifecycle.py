@@ -204,8 +204,10 @@ def test_deactivate_answers_the_frame_in_flight_and_counts_later_frames(ros):
     pub.publish(image(frame, 5))
     wait_until(lambda: len(verdicts) == 4, 10, "frame 5 after activate again")
     assert verdicts_of(verdicts)[5] == ["pass"] and fakes[0].started == 2   # the same models, not rebuilt
+    assert fakes[0].closed == 0
     assert life.change(Transition.TRANSITION_ACTIVE_SHUTDOWN)               # shutdown from active
     assert life.state() == "finalized" and node.inspector is None
+    assert fakes[0].closed == 1                                           # it kept what it learnt first
     ros.remove(node)
 
 

@@ -80,8 +80,12 @@ def test_memory_round_trips_and_a_mismatched_file_is_refused(frames, lite0, tmp_
     for feats in good[:4]:
         with pytest.raises(StreamWarmUp):
             run(loc, feats)
-    loc.save()
+    run(loc, good[4])                     # a fifth frame learnt: saved only every warmup_frames (4)
+    on_disk = StreamLocalizer(cfg.localizer, lite0, cfg.refiner, "efficientnet_lite0 layers 2,4@224")
+    assert len(on_disk.memory(0)) == 4
+    loc.close()                           # what the node's cleanup does: the fifth is kept too
     again = StreamLocalizer(cfg.localizer, lite0, cfg.refiner, "efficientnet_lite0 layers 2,4@224")
+    assert len(again.memory(0)) == 5
     assert [m.level for m in again.memory(0)] == pytest.approx([m.level for m in loc.memory(0)])
     assert run(again, stained[0]) == pytest.approx(run(loc, stained[0]))   # no warm-up after a restart
     with pytest.raises(MemoryFileError, match="localizer.memory=.*delete it"):

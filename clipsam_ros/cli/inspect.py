@@ -41,6 +41,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
               + (f" ({result.error})" if result.error else ""))
         if result.verdict == Verdict.ERROR:
             status = EXIT_ERROR
+    inspector.close()
     return status
 
 

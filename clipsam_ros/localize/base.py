@@ -44,6 +44,11 @@ class Localizer(Protocol):
         (a localizer that learns from the stream keeps one memory per camera)."""
         ...
 
+    def close(self) -> None:
+        """Keep what it learnt while running (the stream's memory file) before it goes; the
+        Inspector's owner calls it once, when it is done with the frames."""
+        ...
+
 
 def clip_features(clip: ClipFeatures | None) -> ClipFeatures:
     """The CLIP features a CLIP localizer was given; its own encoder must have made them."""

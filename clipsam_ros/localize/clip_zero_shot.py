@@ -131,6 +131,9 @@ class ClipZeroShotLocalizer:
         return torch.stack(probs).mean(dim=0).reshape(clip.grid)
 
     @torch.no_grad()
+    def close(self) -> None:
+        """Nothing is learnt while running: nothing to keep."""
+
     def __call__(self, clip: ClipFeatures | None, sam, image_size: tuple[int, int], *,
                  features=None, camera: int = 0) -> AnomalyEstimate:
         clip = clip_features(clip)

@@ -401,6 +401,9 @@ class ReferenceLocalizer:
         # the ImageNet network the Inspector runs once per frame for it; None: the SAM embedding
         self.backbone = backbone
 
+    def close(self) -> None:
+        """Nothing is learnt while running: nothing to keep."""
+
     def __call__(self, clip: ClipFeatures | None, sam: SamEmbedding, image_size: tuple[int, int],
                  features: BackboneFeatures | None = None, camera: int = 0) -> AnomalyEstimate:
         if self.backbone is not None and features is None:

@@ -138,6 +138,10 @@ class StreamLocalizer:
         if self.cfg.memory and self._learnt % self.cfg.warmup_frames == 0:
             self.save()
 
+    def close(self) -> None:
+        """The frames learnt since the last periodic save go to localizer.memory too."""
+        self.save()
+
     def save(self, path: str | Path | None = None) -> None:
         target = path or self.cfg.memory
         if target:

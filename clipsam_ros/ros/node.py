@@ -246,6 +246,11 @@ class InspectorNode(LifecycleNode):
         if self._worker is not None and self._worker.is_alive():
             self.get_logger().warning("waiting for the frame in inference before freeing the models")
             self._worker.join()
+        if self.inspector is not None:
+            try:
+                self.inspector.close()
+            except Exception as exc:  # noqa: BLE001 - a memory that cannot be saved must not block cleanup
+                self.get_logger().error(f"closing the inspector: {one_line(exc, with_type=True)}")
         for camera in self.cameras:
             if camera.subscription is not None:
                 self.destroy_subscription(camera.subscription)
