@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from ..config import Config
-from .backends import BACKENDS, TORCH, CompiledNet, TorchNet, resolve_backend, run_batched
-from .export import ExportSpec, batch_axes, ensure_export
+from .backends import TORCH, CompiledNet, TorchNet, load_exported, resolve_backend, run_batched
+from .export import ExportSpec, batch_axes
 from .weights import WeightError, sha256_of
 
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
@@ -176,6 +176,5 @@ def build_backbone(cfg: Config, device: torch.device) -> BackboneModel:
     choice = resolve_backend(cfg.runtime.backend, cfg.precision, device)
     model = BackboneModel(cfg.localizer.backbone, device, cfg.localizer.backbone_size)
     if choice.backend != TORCH:
-        onnx = ensure_export(model.export_spec(), cfg.runtime.export_dir, cfg.weights.cache_dir)
-        model.encoder_net = BACKENDS[choice.backend].load(onnx, model.device, "fp32")
+        model.encoder_net = load_exported(model.export_spec(), choice, cfg, model.device, "fp32")
     return model

@@ -18,12 +18,16 @@ import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Protocol, Union
+from typing import TYPE_CHECKING, Callable, Protocol, Union
 
 import numpy as np
 import torch
 
 from ..errors import ClipsamError
+from .export import ExportSpec, ensure_export
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 class BackendError(ClipsamError, RuntimeError):
@@ -246,6 +250,15 @@ def resolve_backend(requested: str, precision: str, device: torch.device) -> Cho
         why = REFUSED.get((requested, precision), f"not offered on {device.type} (offered: {', '.join(offered)})")
         raise BackendError(f"precision={precision} with runtime.backend={requested}: {why}; set precision: fp32")
     return Choice(requested, precision)
+
+
+def load_exported(spec: ExportSpec, choice: Choice, cfg: "Config", device: torch.device,
+                  precision: str | None = None) -> CompiledNet:
+    """`spec`'s network on `choice`'s backend (not torch): exported on first use into the weights
+    cache, or taken from `runtime.export_dir` (`ensure_export`), then loaded in `precision`
+    (default: the choice's)."""
+    path = ensure_export(spec, cfg.runtime.export_dir, cfg.weights.cache_dir)
+    return BACKENDS[choice.backend].load(path, device, precision or choice.precision)
 
 
 def run_batched(net: CompiledNet, x: torch.Tensor) -> tuple[Outputs, int]:

@@ -58,8 +58,8 @@ from torch import nn
 from ..config import ClipConfig, Config
 from ..errors import ClipsamError, one_line
 from .accel import AccelSettings, HostStager, channels_last_input, encoder_autocast, maybe_compile, to_channels_last
-from .backends import BACKENDS, TORCH, CompiledNet, resolve_backend, run_batched
-from .export import ExportSpec, batch_axes, ensure_export
+from .backends import TORCH, CompiledNet, load_exported, resolve_backend, run_batched
+from .export import ExportSpec, batch_axes
 from .features import ClipFeatures
 
 TOKEN_PATHS = ("vv", "residual")
@@ -417,8 +417,7 @@ def on_backend(encoder: ClipEncoder, cfg: Config) -> ClipEncoder:
     (the text tower stays in torch: it runs once per process). Returns `encoder`."""
     choice = resolve_backend(cfg.runtime.backend, cfg.precision, encoder.device)
     if choice.backend != TORCH:
-        onnx = ensure_export(encoder.export_spec(), cfg.runtime.export_dir, cfg.weights.cache_dir)
-        encoder.encoder_net = BACKENDS[choice.backend].load(onnx, encoder.device, choice.precision)
+        encoder.encoder_net = load_exported(encoder.export_spec(), choice, cfg, encoder.device)
     return encoder
 
 

@@ -32,8 +32,8 @@ from torch import nn
 
 from ..config import Config
 from .accel import AccelSettings, HostStager, maybe_compile, to_channels_last, use_sdpa
-from .backends import BACKENDS, TORCH, CompiledNet, TorchNet, resolve_backend, run_batched
-from .export import ExportSpec, batch_axes, ensure_export
+from .backends import TORCH, CompiledNet, TorchNet, load_exported, resolve_backend, run_batched
+from .export import ExportSpec, batch_axes
 from .features import SamEmbedding
 from .weights import SAM_URLS, WeightError, resolve_weight, sha256_of
 
@@ -110,13 +110,10 @@ def build_sam(cfg: Config, device: torch.device) -> "SamModel":
     choice = resolve_backend(cfg.runtime.backend, cfg.precision, device)
     model = SamModel(sam, cfg.sam.variant, device, cfg.precision, AccelSettings.from_config(cfg, device))
     if choice.backend != TORCH:
-        backend = BACKENDS[choice.backend]
         encoder, decoder = sam_export_specs(model, path, cfg)
-        model.encoder_net = backend.load(ensure_export(encoder, cfg.runtime.export_dir, cfg.weights.cache_dir),
-                                         device, choice.precision)
+        model.encoder_net = load_exported(encoder, choice, cfg, device)
         # the decoder stays fp32 on every backend, as in torch: its logits are thresholded into masks
-        model.decoder_net = backend.load(ensure_export(decoder, cfg.runtime.export_dir, cfg.weights.cache_dir),
-                                         device, "fp32")
+        model.decoder_net = load_exported(decoder, choice, cfg, device, "fp32")
         model.precision = choice.precision
     return model
 
