@@ -1,0 +1,120 @@
+"""Where the SAM image encoder's time goes on OpenVINO, and its floor measured on this CPU.
+
+    python benchmarks/encoder_roofline.py                 # offline profile (LiteMedSAM), 1 frame
+    python benchmarks/encoder_roofline.py --runs 10
+
+The encoder the node runs (`runtime.backend: openvino`, fp32, exported into the weights cache
+as usual) runs with OpenVINO's per-node counters on. Each executed node's time is summed by
+kind; the matrix products (FullyConnected, Convolution, GroupConvolution) get their FLOPs from
+the compiled model's shapes (2 per multiply-add). The floor is the whole encoder's FLOPs at the
+best rate any of its large GEMMs reached in the same run: a clock-independent ceiling that
+needs no guess of the VM's boost clock. Figures: docs/SPEED.md.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+from math import prod
+
+import numpy as np
+import torch
+
+# FLOPs below this are too small for their rate to say anything about the CPU's peak
+MIN_GEMM_FLOP = 1e9
+
+
+def node_flops(kind: str, inputs: list[list[int]], outputs: list[list[int]]) -> float:
+    """2 × multiply-adds of one matrix-product node, 0 for any other kind."""
+    if kind == "FullyConnected":           # x (..., K) · W (N, K)ᵀ
+        n, k = inputs[1][0], inputs[1][-1]
+        return 2.0 * prod(inputs[0][:-1]) * k * n
+    if kind == "Convolution":              # W (Co, Ci, kh, kw) over the output's B·H·W
+        return 2.0 * prod(outputs[0]) * prod(inputs[1][1:])
+    if kind == "GroupConvolution":         # W (G, Co/G, Ci/G, kh, kw)
+        return 2.0 * prod(outputs[0]) * prod(inputs[1][2:])
+    return 0.0
+
+
+def _static(shape) -> list[int]:
+    return [d.get_length() for d in shape] if shape.is_static else []
+
+
+def profile(runs: int) -> dict:
+    import openvino as ov
+
+    from clipsam_ros.config import config_path, load
+    from clipsam_ros.models.export import ensure_export
+    from clipsam_ros.models.sam import build_sam, checkpoint_path, sam_encoder_export_spec
+
+    cfg = load(config_path("offline.yaml"), ["runtime.backend=torch"])
+    model = build_sam(cfg, torch.device("cpu"))
+    onnx = ensure_export(sam_encoder_export_spec(model, checkpoint_path(cfg), cfg),
+                         cfg.runtime.export_dir, cfg.weights.cache_dir)
+    core = ov.Core()
+    graph = core.read_model(str(onnx))
+    graph.reshape({graph.inputs[0]: [1, 3, model.img_size, model.img_size]})
+    compiled = core.compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                 "PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True})
+    shapes = {op.get_friendly_name(): ([_static(op.input(i).get_partial_shape()) for i in range(op.get_input_size())],
+                                       [_static(op.output(i).get_partial_shape()) for i in range(op.get_output_size())])
+              for op in compiled.get_runtime_model().get_ordered_ops()}
+    request = compiled.create_infer_request()
+    pixels = np.random.default_rng(0).random((1, 3, model.img_size, model.img_size), dtype=np.float32)
+    for _ in range(2):
+        request.infer({0: pixels})
+    walls, by_kind, flops = [], defaultdict(float), defaultdict(float)
+    best_rate, best_node = 0.0, ""
+    for _ in range(runs):
+        start = time.perf_counter()
+        request.infer({0: pixels})
+        walls.append(time.perf_counter() - start)
+        for info in request.get_profiling_info():
+            seconds = info.real_time.total_seconds()
+            kind = f"{info.node_type} ({info.exec_type})"
+            by_kind[kind] += seconds / runs
+            f = node_flops(info.node_type, *shapes.get(info.node_name, ([], [])))
+            flops[kind] += f / runs
+            if f >= MIN_GEMM_FLOP and info.node_type == "FullyConnected" and seconds > 0 and f / seconds > best_rate:
+                best_rate, best_node = f / seconds, info.node_name
+    return {"wall_s": float(np.median(walls)), "by_kind": dict(by_kind), "flops": dict(flops),
+            "best_rate": best_rate, "best_node": best_node}
+
+
+def total_flops() -> float:
+    """The encoder's FLOPs as torch counts them (eager attention: its matmuls too)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from clipsam_ros.config import config_path, load
+    from clipsam_ros.models.sam import build_sam
+
+    cfg = load(config_path("offline.yaml"), ["runtime.backend=torch", "runtime.sdpa=false"])
+    model = build_sam(cfg, torch.device("cpu"))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.sam.image_encoder(torch.zeros(1, 3, model.img_size, model.img_size))
+    return float(counter.get_total_flops())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5, help="profiled passes (default 5)")
+    args = parser.parse_args()
+    total = total_flops()
+    p = profile(args.runs)
+    counted = sum(p["by_kind"].values())
+    print(f"encoder wall p50 {p['wall_s'] * 1e3:.0f} ms; node time {counted * 1e3:.0f} ms; "
+          f"{total / 1e9:.1f} GFLOP (torch's count)")
+    print(f"{'node kind (kernel)':<46} {'ms':>7} {'share':>6} {'GFLOP':>6} {'GFLOP/s':>8}")
+    for kind, seconds in sorted(p["by_kind"].items(), key=lambda kv: -kv[1]):
+        if seconds * 1e3 < 0.5:
+            continue
+        f = p["flops"].get(kind, 0.0)
+        rate = f"{f / seconds / 1e9:8.0f}" if f else f"{'':>8}"
+        print(f"{kind:<46} {seconds * 1e3:7.1f} {100 * seconds / counted:5.1f}% {f / 1e9:6.2f} {rate}")
+    floor = total / p["best_rate"]
+    print(f"best GEMM rate {p['best_rate'] / 1e9:.0f} GFLOP/s ({p['best_node']}): floor {floor * 1e3:.0f} ms; "
+          f"encoder at {p['wall_s'] / floor:.2f}x its floor")
+
+
+if __name__ == "__main__":
+    main()
