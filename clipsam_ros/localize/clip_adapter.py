@@ -29,7 +29,7 @@ from ..errors import ClipsamError, one_line
 from ..models.clip import ClipEncoder
 from ..models.features import ClipFeatures
 from .base import AnomalyEstimate, clip_features
-from .clip_zero_shot import TEMPLATES, abnormal_probability, blend_score, finish_map, state_text_embeddings
+from .clip_zero_shot import TEMPLATES, clip_estimate, state_text_embeddings
 
 ADAPTER_FORMAT = "clipsam_ros.clip_adapter/1"
 META_KEYS = ("clip_model", "image_size", "layers", "width", "embed_dim")
@@ -229,7 +229,4 @@ class ClipAdapterLocalizer:
     def __call__(self, clip: ClipFeatures | None, sam, image_size: tuple[int, int], *,
                  features=None, camera: int = 0) -> AnomalyEstimate:
         clip = clip_features(clip)
-        anomaly_map = finish_map(self.grid_map(clip), image_size, self.cfg.sigma)
-        p_cls = abnormal_probability(clip.image_embedding.to(self.text.device), self.text, self.cfg.temperature)
-        return AnomalyEstimate(anomaly_map=anomaly_map,
-                               image_score=blend_score(float(p_cls), anomaly_map, self.score_map_weight))
+        return clip_estimate(self.grid_map(clip), clip, self.text, self.cfg, image_size, self.score_map_weight)

@@ -100,6 +100,16 @@ def blend_score(class_prob: float, anomaly_map: np.ndarray, score_map_weight: fl
     return float(min(max(score, 0.0), 1.0))
 
 
+def clip_estimate(grid_prob: torch.Tensor, clip: ClipFeatures, text: torch.Tensor, cfg: LocalizerConfig,
+                  image_size: tuple[int, int], score_map_weight: float) -> AnomalyEstimate:
+    """A CLIP localizer's answer from its (Hp, Wp) grid of abnormal probabilities: the finished map,
+    and the image score blending the class token's probability with the map's peak."""
+    anomaly_map = finish_map(grid_prob, image_size, cfg.sigma)
+    p_cls = abnormal_probability(clip.image_embedding.to(text.device), text, cfg.temperature)
+    return AnomalyEstimate(anomaly_map=anomaly_map,
+                           image_score=blend_score(float(p_cls), anomaly_map, score_map_weight))
+
+
 class ClipZeroShotLocalizer:
     """Training-free CLIP anomaly map from vv-path patch tokens and a prompt ensemble.
 
@@ -137,8 +147,4 @@ class ClipZeroShotLocalizer:
     def __call__(self, clip: ClipFeatures | None, sam, image_size: tuple[int, int], *,
                  features=None, camera: int = 0) -> AnomalyEstimate:
         clip = clip_features(clip)
-        anomaly_map = finish_map(self.grid_map(clip), image_size, self.cfg.sigma)
-        p_cls = abnormal_probability(clip.image_embedding.to(self.text.device), self.text,
-                                     self.cfg.temperature)
-        return AnomalyEstimate(anomaly_map=anomaly_map,
-                               image_score=blend_score(float(p_cls), anomaly_map, self.score_map_weight))
+        return clip_estimate(self.grid_map(clip), clip, self.text, self.cfg, image_size, self.score_map_weight)
