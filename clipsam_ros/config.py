@@ -215,7 +215,7 @@ class LocalizerConfig:
     stream_skip_defective: bool = key(True, "stream: frames whose map reaches refiner.threshold stay out "
                                             "of the memory")
     memory: str = key("", "stream: memory file (.safetensors), restored at start, saved every warmup_frames "
-                          "learnt frames (empty = none)", reload=True)
+                          "learnt frames and at shutdown (empty = none)", reload=True)
 
 
 @dataclass
