@@ -305,8 +305,8 @@ class InputConfig:
 class Config:
     device: str = key("auto", "compute device: auto picks cuda when available", choices=("auto", "cpu", "cuda"),
                       reload=True)
-    precision: str = key("fp32", "encoder precision: fp16/bf16 on cuda; bf16 on a BF16 cpu through openvino "
-                         "(torch on the cpu runs fp32)",
+    precision: str = key("fp32", "encoder precision: fp16/bf16 on cuda; the cpu computes fp32 (auto and torch "
+                         "run fp32 there; openvino bf16 is refused: it changes masks, docs/SPEED.md)",
                          choices=("fp32", "fp16", "bf16"), reload=True)
     compile: bool = key(
         False, "torch.compile the image encoders (first frames slow while it compiles; warm-up absorbs them)",
