@@ -25,6 +25,13 @@ Two guards of ours, both off in the paper's setting: `confine_to_ring` keeps eac
 stage's mask inside dilate(M_i) (the region and the ring its negative points were
 drawn from), and `box_covers_region` makes the stage-3 box cover M_i as well as
 M2, so a stage-2 mask that collapsed cannot shrink the box below the region.
+
+Which box is right depends on the map: a region that fits the defect wants the box to
+cover it, one that over-covers the defect (an ImageNet backbone's halo) wants M2's. The
+per-region middle way, `box_core_level` (ours; used when `box_covers_region` is off): the
+region's core is where S_a ≥ that level (the map's surest part, tighter than M_i); M2's box
+is kept while at least half of M2 lies in the core, and is united with the core's when M2
+is empty or mostly outside it — SAM's mask then leaked off the defect or found nothing.
 """
 from __future__ import annotations
 
@@ -47,14 +54,29 @@ def _best_of(output_logits: torch.Tensor, low_res: torch.Tensor, iou: torch.Tens
     return output_logits[rows, best], low_res[rows, best][:, None]
 
 
+# `box_core_level`: a stage-2 mask with less than this fraction of its pixels in the region's
+# core lies mostly outside the map's surest part: it leaked, so the box covers the core too
+CORE_SHARE = 0.5
+
+
+def leaked(mask: np.ndarray, core: np.ndarray) -> bool:
+    """True when `mask` is empty or less than CORE_SHARE of it lies inside `core`."""
+    area = int(mask.sum())
+    return area == 0 or int((mask & core).sum()) < CORE_SHARE * area
+
+
 def _boxes_of(masks: torch.Tensor, prompts: list[PromptSet], cfg: RefinerConfig,
               size: tuple[int, int]) -> np.ndarray:
-    """Stage-3 box per row: the bounding box of the previous mask (the region's own where that
-    mask is empty, or united with it when `box_covers_region`), grown by `box_margin_px`."""
+    """Stage-3 box per row: the bounding box of the previous mask, grown by `box_margin_px`;
+    united with the region when `box_covers_region`; else, with `box_core_level`, united with the
+    region's core where that mask is empty or lies mostly outside the core; where it is still
+    empty, the region's own box."""
     boxes = []
     for mask, prompt in zip(masks.cpu().numpy(), prompts):
         if cfg.box_covers_region:
             mask = mask | prompt.region
+        elif prompt.core is not None and prompt.core.any() and leaked(mask, prompt.core):
+            mask = mask | prompt.core
         boxes.append(mask_box(mask) if mask.any() else prompt.region_box)
     return grown_boxes(np.stack(boxes), cfg.box_margin_px, size)
 

@@ -39,6 +39,8 @@ class PromptSet:
     negative: np.ndarray   # (Q, 2) x, y
     region: np.ndarray     # (H, W) bool, the component M_i
     ring: np.ndarray       # (H, W) bool, dilate(M_i) - M
+    # (H, W) bool, M_i ∩ (S_a ≥ `box_core_level`); None when that key is 0 (see cps._boxes_of)
+    core: np.ndarray | None = None
 
     @property
     def neighbourhood(self) -> np.ndarray:
@@ -165,7 +167,8 @@ def generate_prompts(anomaly_map: np.ndarray, embedding: SamEmbedding, cfg: Refi
             similarity = similarity_to_region(region, embedding)
             negative = spaced_extremes(similarity, ring, cfg.num_negative, cfg.point_spacing_px,
                                        largest=False)
-        prompts.append(PromptSet(positive=positive, negative=negative, region=region, ring=ring))
+        core = region & (anomaly_map >= cfg.box_core_level) if cfg.box_core_level > 0 else None
+        prompts.append(PromptSet(positive=positive, negative=negative, region=region, ring=ring, core=core))
     return prompts
 
 
