@@ -130,8 +130,12 @@ def test_a_precision_a_backend_does_not_offer_is_refused_in_one_line():
     # bf16 through openvino was measured to change masks here (benchmarks/backend_equivalence.py)
     with pytest.raises(BackendError, match="runtime.backend=openvino: measured .*mask IoU below 0.99"):
         resolve_backend("openvino", "bf16", CPU)
-    # auto does not pick what it would refuse: bf16 on the cpu stays with torch (fp32, as before)
-    assert resolve_backend("auto", "bf16", CPU).backend == "torch"
+    # auto does not pick what it would refuse; the cpu computes fp32 anyway (torch has no cpu
+    # autocast), so auto takes the fastest fp32 backend instead of torch
+    expected = resolve_backend("auto", "fp32", CPU)
+    assert expected.precision == "fp32"
+    assert resolve_backend("auto", "bf16", CPU) == expected
+    assert resolve_backend("auto", "fp16", CPU) == expected
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -18,16 +18,14 @@ import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Protocol, Union
+from typing import Callable, Protocol, Union
 
 import numpy as np
 import torch
 
+from ..config import Config
 from ..errors import ClipsamError
 from .export import ExportSpec, ensure_export
-
-if TYPE_CHECKING:
-    from ..config import Config
 
 
 class BackendError(ClipsamError, RuntimeError):
@@ -178,17 +176,6 @@ def _ov_precisions(device: torch.device) -> tuple[str, ...]:
     return ("fp32",)
 
 
-@lru_cache(maxsize=1)
-def cpu_has_bf16() -> bool:
-    """Whether OpenVINO can compute in bf16 on this CPU (AVX-512-BF16 or AMX)."""
-    try:
-        import openvino as ov
-
-        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    except Exception:   # no openvino, no CPU plugin: then no bf16 through it
-        return False
-
-
 # ---------------------------------------------------------------- the registry
 
 def _fp32_only(device: torch.device) -> tuple[str, ...]:
@@ -234,10 +221,13 @@ def resolve_backend(requested: str, precision: str, device: torch.device) -> Cho
     if requested == TORCH:
         return Choice(TORCH, precision)
     if requested == "auto":
+        # torch on the cpu computes fp32 whatever `precision` says (autocast is GPU-only), so
+        # there auto looks for the fastest fp32 backend rather than falling back to torch
+        wanted = "fp32" if device.type == "cpu" else precision
         for name in AUTO_ORDER.get(device.type, ()):
             backend = BACKENDS[name]
-            if not backend.unavailable(device) and precision in backend.precisions(device):
-                return Choice(name, precision)
+            if not backend.unavailable(device) and wanted in backend.precisions(device):
+                return Choice(name, wanted)
         return Choice(TORCH, precision)
     backend = BACKENDS.get(requested)
     if backend is None:
@@ -252,13 +242,13 @@ def resolve_backend(requested: str, precision: str, device: torch.device) -> Cho
     return Choice(requested, precision)
 
 
-def load_exported(spec: ExportSpec, choice: Choice, cfg: "Config", device: torch.device,
+def load_exported(spec: ExportSpec, choice: Choice, cfg: Config, device: torch.device,
                   precision: str | None = None) -> CompiledNet:
     """`spec`'s network on `choice`'s backend (not torch): exported on first use into the weights
     cache, or taken from `runtime.export_dir` (`ensure_export`), then loaded in `precision`
     (default: the choice's)."""
     path = ensure_export(spec, cfg.runtime.export_dir, cfg.weights.cache_dir)
-    return BACKENDS[choice.backend].load(path, device, precision or choice.precision)
+    return BACKENDS[choice.backend].load(path, device, choice.precision if precision is None else precision)
 
 
 def run_batched(net: CompiledNet, x: torch.Tensor) -> tuple[Outputs, int]:
