@@ -229,4 +229,5 @@ class ClipAdapterLocalizer:
     def __call__(self, clip: ClipFeatures | None, sam, image_size: tuple[int, int], *,
                  features=None, camera: int = 0) -> AnomalyEstimate:
         clip = clip_features(clip)
-        return clip_estimate(self.grid_map(clip), clip, self.text, self.cfg, image_size, self.score_map_weight)
+        return clip_estimate(self.grid_map(clip), clip, self.text, image_size, cfg=self.cfg,
+                             score_map_weight=self.score_map_weight)

@@ -100,8 +100,8 @@ def blend_score(class_prob: float, anomaly_map: np.ndarray, score_map_weight: fl
     return float(min(max(score, 0.0), 1.0))
 
 
-def clip_estimate(grid_prob: torch.Tensor, clip: ClipFeatures, text: torch.Tensor, cfg: LocalizerConfig,
-                  image_size: tuple[int, int], score_map_weight: float) -> AnomalyEstimate:
+def clip_estimate(grid_prob: torch.Tensor, clip: ClipFeatures, text: torch.Tensor, image_size: tuple[int, int],
+                  *, cfg: LocalizerConfig, score_map_weight: float) -> AnomalyEstimate:
     """A CLIP localizer's answer from its (Hp, Wp) grid of abnormal probabilities: the finished map,
     and the image score blending the class token's probability with the map's peak."""
     anomaly_map = finish_map(grid_prob, image_size, cfg.sigma)
@@ -147,4 +147,5 @@ class ClipZeroShotLocalizer:
     def __call__(self, clip: ClipFeatures | None, sam, image_size: tuple[int, int], *,
                  features=None, camera: int = 0) -> AnomalyEstimate:
         clip = clip_features(clip)
-        return clip_estimate(self.grid_map(clip), clip, self.text, self.cfg, image_size, self.score_map_weight)
+        return clip_estimate(self.grid_map(clip), clip, self.text, image_size, cfg=self.cfg,
+                             score_map_weight=self.score_map_weight)
