@@ -249,9 +249,10 @@ class RefinerConfig:
     # ours; the paper's box is that of M2 alone
     box_covers_region: bool = key(False, "stage-3 box covers the extreme region as well as M2")
     # ours: a per-region choice between M2's box and a box over the map's core (refine/cps.py)
-    box_core_level: float = key(0.0, "stage-3 box also covers the region's core (anomaly map >= this) where "
-                                     "M2 is empty or mostly outside the core (0 = off; unused with "
-                                     "box_covers_region)", range=(0.0, 1.0))
+    box_core_level: float = key(0.0, "stage-3 box also covers the region's core (anomaly map >= this; at or "
+                                     "below refiner.threshold the whole region) where M2 is empty or mostly "
+                                     "outside the core (0 = off; unused with box_covers_region)",
+                                range=(0.0, 1.0))
     # pixel score = fuse_weight * S_a + (1 - fuse_weight) * sigmoid(SAM logits), inside regions
     fuse_weight: float = key(0.5, "pixel score weight of the CLIP map vs the SAM mask", range=(0.0, 1.0))
     # in the decoder's order (docs/CLIPSAM.md)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from clipsam_ros.config import Config, RefinerConfig, config_path, load
-from clipsam_ros.refine.cps import CORE_SHARE, _boxes_of, leaked
+from clipsam_ros.refine.cps import CORE_SHARE, _boxes_of, leaked_off_core
 from clipsam_ros.refine.ppg import PromptSet, generate_prompts, mask_box
 
 SIZE = (120, 160)
@@ -40,11 +40,11 @@ CFG = RefinerConfig(box_covers_region=False, box_core_level=0.9, box_margin_px=0
 
 
 def test_leaked_is_empty_or_mostly_outside_the_core():
-    assert leaked(np.zeros(SIZE, bool), CORE)
-    assert not leaked(rect(55, 45, 64, 54), CORE)                       # all inside
-    assert leaked(rect(0, 0, 9, 9), CORE)                               # all outside
+    assert leaked_off_core(np.zeros(SIZE, bool), CORE)
+    assert not leaked_off_core(rect(55, 45, 64, 54), CORE)                       # all inside
+    assert leaked_off_core(rect(0, 0, 9, 9), CORE)                               # all outside
     half_in = rect(80, 45, 99, 54)                                      # x 80..89 in, 90..99 out
-    assert (half_in & CORE).sum() == CORE_SHARE * half_in.sum() and not leaked(half_in, CORE)
+    assert (half_in & CORE).sum() == CORE_SHARE * half_in.sum() and not leaked_off_core(half_in, CORE)
 
 
 def test_a_mask_inside_the_core_keeps_its_own_box():
@@ -67,6 +67,15 @@ def test_off_or_no_core_or_region_box_keep_the_old_rules():
     assert np.array_equal(box_for(np.zeros(SIZE, bool), CFG, core=np.zeros(SIZE, bool)), mask_box(REGION))
     covers = dataclasses.replace(CFG, box_covers_region=True)
     assert np.array_equal(box_for(m2, covers), mask_box(REGION))
+    # box_covers_region takes precedence: a core off the region (built by hand) is not added
+    assert np.array_equal(box_for(m2, covers, core=rect(0, 0, 9, 9)), mask_box(REGION))
+
+
+def test_each_row_gets_its_own_rule():
+    kept, leaked = rect(55, 45, 64, 54), rect(22, 85, 40, 99)
+    boxes = _boxes_of(torch.as_tensor(np.stack([kept, leaked])), [prompt(), prompt()], CFG, SIZE)
+    assert np.array_equal(boxes[0], mask_box(kept))
+    assert np.array_equal(boxes[1], mask_box(leaked | CORE))
 
 
 def test_the_margin_still_grows_the_box():
@@ -80,8 +89,10 @@ def test_ppg_gives_each_region_its_core_only_when_asked():
     cfg = dataclasses.replace(CFG, use_negative_points=False)
     (p,) = generate_prompts(amap, None, cfg)
     assert np.array_equal(p.core, CORE) and np.array_equal(p.region, REGION)
-    (p,) = generate_prompts(amap, None, dataclasses.replace(cfg, box_core_level=0.0))
-    assert p.core is None
+    # off, or no stage-3 box that would read it
+    for unused in ({"box_core_level": 0.0}, {"box_covers_region": True}, {"stage3_box": False}):
+        (p,) = generate_prompts(amap, None, dataclasses.replace(cfg, **unused))
+        assert p.core is None, unused
 
 
 def test_defaults_leave_it_off_and_the_offline_profile_turns_it_on():

@@ -59,7 +59,7 @@ def _best_of(output_logits: torch.Tensor, low_res: torch.Tensor, iou: torch.Tens
 CORE_SHARE = 0.5
 
 
-def leaked(mask: np.ndarray, core: np.ndarray) -> bool:
+def leaked_off_core(mask: np.ndarray, core: np.ndarray) -> bool:
     """True when `mask` is empty or less than CORE_SHARE of it lies inside `core`."""
     area = int(mask.sum())
     return area == 0 or int((mask & core).sum()) < CORE_SHARE * area
@@ -75,7 +75,8 @@ def _boxes_of(masks: torch.Tensor, prompts: list[PromptSet], cfg: RefinerConfig,
     for mask, prompt in zip(masks.cpu().numpy(), prompts):
         if cfg.box_covers_region:
             mask = mask | prompt.region
-        elif prompt.core is not None and prompt.core.any() and leaked(mask, prompt.core):
+        # (an empty core would add nothing to the box: skip the test)
+        elif prompt.core is not None and prompt.core.any() and leaked_off_core(mask, prompt.core):
             mask = mask | prompt.core
         boxes.append(mask_box(mask) if mask.any() else prompt.region_box)
     return grown_boxes(np.stack(boxes), cfg.box_margin_px, size)

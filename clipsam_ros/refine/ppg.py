@@ -167,7 +167,9 @@ def generate_prompts(anomaly_map: np.ndarray, embedding: SamEmbedding, cfg: Refi
             similarity = similarity_to_region(region, embedding)
             negative = spaced_extremes(similarity, ring, cfg.num_negative, cfg.point_spacing_px,
                                        largest=False)
-        core = region & (anomaly_map >= cfg.box_core_level) if cfg.box_core_level > 0 else None
+        # the core is only read by a stage-3 box that is M2's own (refine/cps.py)
+        wants_core = cfg.box_core_level > 0 and cfg.stage3_box and not cfg.box_covers_region
+        core = region & (anomaly_map >= cfg.box_core_level) if wants_core else None
         prompts.append(PromptSet(positive=positive, negative=negative, region=region, ring=ring, core=core))
     return prompts
 
