@@ -4,8 +4,8 @@ The coarse map is the ground truth blurred and pooled to a 37×37 grid (what
 CLIP ViT-L-14-336 at 518 px gives), so the test isolates the refiner. Measured
 on this set (offline profile, 2 seeds × every product/defect pair, 18 images):
 coarse 0.668, PPG alone 0.645, PPG+CPS 0.708 mean IoU, with the region-covering
-stage-3 box (offline.yaml's own box setting, made for its backbone map, gives 0.383
-here). The assertions keep a margin below those figures.
+stage-3 box (offline.yaml's own box setting, made for its backbone map, gives 0.536
+here, 0.383 without its `box_core_level`). The assertions keep a margin below those figures.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 def measured(lite_sam, offline_cfg):
     # a CLIP-like map's regions fit the defect: the stage-3 box covers the region with a 15 px margin.
     # offline.yaml takes SAM's stage-2 box instead, for its backbone map whose regions over-cover
-    # the defect; on this map that box scores 0.383 (README, "The offline profile's localizer")
+    # the defect; on this map that box scores 0.536 (README, "The offline profile: LiteMedSAM needs boxes")
     cfg = dataclasses.replace(offline_cfg.refiner, box_covers_region=True, box_margin_px=15.0)
     ppg_only = dataclasses.replace(cfg, stage2_logits=False, stage3_box=False)
     scores = {"coarse": [], "ppg": [], "ppg_cps": []}
