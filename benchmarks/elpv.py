@@ -112,7 +112,8 @@ def main() -> None:
     for item in args.set:
         name, value = item.split("=", 1)
         set_value(cfg, name, value)
-    backbone = BackboneModel(cfg.localizer.backbone, torch.device("cpu"), cfg.localizer.backbone_size)
+    backbone = BackboneModel(cfg.localizer.backbone, torch.device("cpu"), cfg.localizer.backbone_size,
+                             layers=cfg.localizer.backbone_layers)
     images, good, bad = load_cells(args.type)
     cells = Cells(backbone, images)
     out: dict = {"type": args.type, "set": args.set, "seeds": args.seeds, "few_shot": {}, "stream": {}}
