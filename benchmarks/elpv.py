@@ -5,6 +5,7 @@ Good = defect probability 0, defective = probability 1. Tune on `--type poly` on
 is the hold-out. Results: benchmarks/ELPV.md.
 
     python benchmarks/elpv.py --type poly --seeds 3 --set localizer.augment_references=flips
+        --set localizer.backbone=efficientnet_lite2 --set localizer.backbone_size=300   # (one line)
 
 Settings are the benchmark's own (below) plus `--set`; one row per protocol, mean ± sd
 over the seeds (seed s draws the references, the test cells and the stream's order).
@@ -112,7 +113,8 @@ def main() -> None:
     for item in args.set:
         name, value = item.split("=", 1)
         set_value(cfg, name, value)
-    backbone = BackboneModel(cfg.localizer.backbone, torch.device("cpu"), cfg.localizer.backbone_size)
+    backbone = BackboneModel(cfg.localizer.backbone, torch.device("cpu"), cfg.localizer.backbone_size,
+                             layers=cfg.localizer.backbone_layers)
     images, good, bad = load_cells(args.type)
     cells = Cells(backbone, images)
     out: dict = {"type": args.type, "set": args.set, "seeds": args.seeds, "few_shot": {}, "stream": {}}

@@ -120,7 +120,19 @@ def _odd(key: str, value: int) -> None:
         raise ConfigError(f"{key}={value!r} must be odd (e.g. 25)")
 
 
+# the blocks of timm's efficientnet_liteN (N = 0, 1, 2) and their output strides
+BACKBONE_STRIDES = (2, 4, 8, 16, 16, 32, 32)
+
+
+def backbone_blocks(key: str, value: list[int]) -> None:
+    last = len(BACKBONE_STRIDES) - 1
+    if not value or any(b <= a for a, b in zip(value, value[1:])) or not 0 <= value[0] <= value[-1] <= last:
+        raise ConfigError(f"{key}={value!r} must list increasing EfficientNet-Lite block indices 0 … {last} "
+                          f"(strides {', '.join(map(str, BACKBONE_STRIDES))}), e.g. [2,4]")
+
+
 ONE_BASED_BLOCKS = Check(_one_based_blocks)
+BACKBONE_BLOCKS = Check(backbone_blocks, note="increasing block indices 0 … 6")
 THREE_MASK_WEIGHTS = Check(_three_mask_weights)
 CAMERA_TOPICS = Check(_camera_topics)
 ODD = Check(_odd, note="odd")
@@ -188,6 +200,9 @@ class LocalizerConfig:
                         reload=True)
     backbone_size: int = key(0, "side of the backbone's square input, pixels; 0 = the weights' own (224/240/260)",
                              range=(0, 2048), reload=True)
+    backbone_layers: list[int] = key([2, 4], "EfficientNet-Lite blocks whose outputs are the patch features, "
+                                             "finest first (block 1: stride 4, 2: 8, 3-4: 16, 5-6: 32)",
+                                     reload=True, check=BACKBONE_BLOCKS)
     coreset_ratio: float = key(1.0, "reference: fraction of bank patches kept by greedy coreset "
                                     "subsampling (1 = all)", range=(0.001, 1.0), reload=True)
     augment_references: str = key("none", "reference: good images also enter the bank mirrored (flips: "

@@ -91,3 +91,43 @@ def test_a_bank_built_with_another_backbone_is_refused(metal_inspector, offline_
     cfg.localizer.bank, cfg.localizer.backbone = str(path), "sam"
     with pytest.raises(BankError, match=r"built with localizer\.backbone=efficientnet_lite0.*delete it"):
         build_localizer(cfg, lite_sam, CPU, progress=False)
+
+
+def test_backbone_layers_default_to_stride_8_and_16_and_can_add_stride_4(lite0, offline_cfg):
+    from clipsam_ros.config import Config
+    from clipsam_ros.localize.reference import backbone_grid, layers_id
+    from clipsam_ros.models.backbone import LAYERS, build_backbone
+
+    assert tuple(Config().localizer.backbone_layers) == LAYERS == lite0.layers == (2, 4)
+    image, _ = make_sample("metal", "stain", seed=3)
+    fine = BackboneModel("efficientnet_lite0", CPU, layers=[1, 2, 4])
+    levels = fine.encode(image).levels
+    assert [tuple(level.shape[1:]) for level in levels] == [(24, 56, 56), (40, 28, 28), (112, 14, 14)]
+    # the stride-8 and stride-16 maps are the default's, the grid is the finest level's
+    default = lite0.encode(image).levels
+    assert torch.allclose(levels[1], default[0], atol=1e-5) and torch.allclose(levels[2], default[1], atol=1e-5)
+    assert tuple(backbone_grid(fine.encode(image)).shape) == (56, 56, 24 + 40 + 112)
+    assert layers_id(fine) == "1,2,4@224" and layers_id(lite0) == "2,4@224"
+    # exported outputs are named by stride, by block where two share one
+    assert fine.export_spec().output_names == ("stride4", "stride8", "stride16")
+    assert BackboneModel("efficientnet_lite0", CPU, layers=(3, 4)).export_spec().output_names == ("block3", "block4")
+    # the configured key reaches the model the localizers build
+    cfg = copy.deepcopy(offline_cfg)
+    cfg.localizer.backbone, cfg.localizer.backbone_layers = "efficientnet_lite0", [1, 2, 4]
+    cfg.runtime.backend = "torch"
+    assert build_backbone(cfg, CPU).layers == (1, 2, 4)
+    with pytest.raises(ValueError, match=r"localizer\.backbone_layers=\[4, 2\] must list increasing"):
+        BackboneModel("efficientnet_lite0", CPU, layers=[4, 2])
+
+
+def test_a_bank_built_with_other_backbone_layers_is_refused(lite0, tmp_path):
+    from clipsam_ros.localize.reference import backbone_grid, build_bank, save_bank
+
+    goods = [make_sample("metal", None, seed=s)[0] for s in range(2)]
+    bank = build_bank(goods, lambda image: backbone_grid(lite0.encode(image)), "efficientnet_lite0", "2,4@224", 1,
+                      progress=False)
+    path = tmp_path / "bank.safetensors"
+    save_bank(bank, path)
+    with pytest.raises(BankError, match=r"built with localizer\.backbone=efficientnet_lite0 "
+                                        r"\(backbone_layers@backbone_size 2,4@224\), not .*1,2,4@224.*delete it"):
+        load_bank(path, "efficientnet_lite0", "1,2,4@224", 1)

@@ -38,7 +38,8 @@ def test_every_key_is_declared_once_with_help_and_a_default_that_passes_its_own_
 
 def test_list_item_types_come_from_the_annotations_and_set_coerces_to_them():
     lists = {k: s.item_type for k, s in specs().items() if s.type is list}
-    assert lists == {"clip.layers": int, "refiner.mmr_weights": float, "input.image_topics": str}
+    assert lists == {"clip.layers": int, "refiner.mmr_weights": float, "input.image_topics": str,
+                     "localizer.backbone_layers": int}
     assert all(s.item_type is None for s in specs().values() if s.type is not list)
     cfg = load(None, ["clip.layers=3,6", "refiner.mmr_weights=1,1,2", "input.image_topics=cam0/image,cam1/image"])
     assert cfg.clip.layers == [3, 6] and all(type(v) is int for v in cfg.clip.layers)
@@ -101,6 +102,9 @@ def test_choices_ranges_and_rules_reach_the_ros_descriptors():
     ("refiner.num_positive=abc", "refiner.num_positive"),
     ("refiner.stage2_logits=maybe", "refiner.stage2_logits"),
     ("clip.layers=[0,6]", "clip.layers"),
+    ("localizer.backbone_layers=[4,2]", "localizer.backbone_layers"),     # finest first
+    ("localizer.backbone_layers=[2,7]", "localizer.backbone_layers"),     # lite0/1/2 have blocks 0 … 6
+    ("localizer.backbone_layers=[]", "localizer.backbone_layers"),
     ("device=tpu", "device"),
     ("refiner.no_such_key=1", "refiner.no_such_key"),
     ("nonsense=1", "nonsense"),
@@ -180,7 +184,8 @@ def test_the_reload_set_is_whole_sections_plus_the_models_own_keys():
         "device", "precision", "compile", "localizer.method", "localizer.checkpoint", "localizer.reference_dir",
         "localizer.bank", "localizer.spatial_radius", "localizer.bank_max_patches", "refiner.method",
         # the backbone, the bank's coreset and augmentation and the stream's memory are built with the localizer
-        "localizer.backbone", "localizer.backbone_size", "localizer.coreset_ratio", "localizer.augment_references",
+        "localizer.backbone", "localizer.backbone_size", "localizer.backbone_layers", "localizer.coreset_ratio",
+        "localizer.augment_references",
         "localizer.window",
         "localizer.warmup_frames", "localizer.memory"}
 

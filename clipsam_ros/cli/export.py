@@ -25,7 +25,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     sam = build_sam(cfg, cpu)
     specs = list(sam_export_specs(sam, checkpoint_path(cfg), cfg))
     if cfg.localizer.backbone != "sam":
-        specs.append(BackboneModel(cfg.localizer.backbone, cpu, cfg.localizer.backbone_size).export_spec())
+        specs.append(BackboneModel(cfg.localizer.backbone, cpu, cfg.localizer.backbone_size,
+                                   layers=cfg.localizer.backbone_layers).export_spec())
     # the CLIP the localizer builds (localize/__init__.py): zero-shot on the vv token path, the
     # trained heads on the residual one (seeded, so a random-init CLIP matches at inference)
     if cfg.localizer.method == "clip_zero_shot":

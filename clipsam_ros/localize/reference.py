@@ -1,8 +1,9 @@
 """Reference localizer (few-shot, beyond the papers): a PatchCore memory bank of normal patches.
 
-Patch features come from `localizer.backbone`: an ImageNet EfficientNet-Lite (its
-stride-8 and stride-16 stages, each averaged over 3x3 neighbours, the coarser
-upsampled to the finer grid, concatenated; PatchCore's recipe), or `sam`, the
+Patch features come from `localizer.backbone`: an ImageNet EfficientNet-Lite (the
+`localizer.backbone_layers` stages, by default stride 8 and stride 16, each averaged
+over 3x3 neighbours, the coarser upsampled to the finest grid, concatenated;
+PatchCore's recipe), or `sam`, the
 frame's SAM embedding cells (no extra encoder pass). Every patch is L2-normalised;
 a frame's anomaly at a patch is its mean cosine distance to the k nearest bank patches.
 
@@ -375,7 +376,7 @@ def load_bank(path: str | Path, backbone: str, layers: str, spatial_radius: int,
     if (bank.backbone, bank.layers) != (backbone, layers):
         def say(b: str, lay: str) -> str:
             return (f"localizer.backbone=sam with sam.variant={b[4:]}" if b.startswith("sam:")
-                    else f"localizer.backbone={b} (layers {lay})")
+                    else f"localizer.backbone={b} (backbone_layers@backbone_size {lay})")
         raise BankError(f"localizer.bank={str(path)!r} was built with {say(bank.backbone, bank.layers)}, "
                         f"not {say(backbone, layers)}; delete it to rebuild")
     if bank.spatial_radius != spatial_radius:

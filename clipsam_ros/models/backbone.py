@@ -7,11 +7,12 @@ mapped onto timm's `efficientnet_liteN` in order, shape for shape (the two order
 file fails at load, never as quietly bad features. Normalisation is the weights' own
 (mean = std = 0.5), the input their own square size.
 
-Features: the stride-8 and stride-16 stages (PatchCore's mid-level choice: local enough
-to see a speck, abstract enough to ignore sensor noise). Like SamModel, the network is
+Features: by default the stride-8 and stride-16 stages (PatchCore's mid-level choice: local
+enough to see a speck, abstract enough to ignore sensor noise); `localizer.backbone_layers`
+names other blocks (e.g. [1, 2, 4] adds the stride-4 stage). Like SamModel, the network is
 counted (`encoder_calls` passes, `images_encoded` frames) and batchable, and runs through
-`runtime.backend`: `BackboneTrunk` (the stem and the blocks up to stride 16, both levels as
-outputs) is exported with a free batch axis, so several cameras' frames are one pass.
+`runtime.backend`: `BackboneTrunk` (the stem and the blocks up to the last feature layer,
+every level as an output) is exported with a free batch axis, so several cameras' frames are one pass.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import Config
+from ..config import BACKBONE_STRIDES, Config, backbone_blocks
 from .backends import TORCH, CompiledNet, TorchNet, load_exported, resolve_backend, run_batched
 from .export import ExportSpec, batch_axes
 from .weights import WeightError, sha256_of
@@ -32,8 +33,10 @@ from .weights import WeightError, sha256_of
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 # the square input each was trained at
 INPUT_SIZE = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
-# timm block indices whose outputs have stride 8 and 16
+# timm block indices whose outputs have stride 8 and 16: the default `localizer.backbone_layers`
 LAYERS = (2, 4)
+# the output stride of each of timm's efficientnet_liteN blocks (the same for N = 0, 1, 2)
+STRIDES = BACKBONE_STRIDES
 _MEAN = _STD = 0.5
 
 
@@ -97,6 +100,14 @@ def load_network(name: str, path: str | Path | None = None) -> torch.nn.Module:
     return net.eval().requires_grad_(False)
 
 
+def check_layers(layers: tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """The block indices as a tuple; ConfigError (a ValueError) unless they are increasing (finest
+    first) blocks of the network (0 … 6)."""
+    layers = tuple(int(v) for v in layers)
+    backbone_blocks("localizer.backbone_layers", list(layers))
+    return layers
+
+
 class BackboneTrunk(nn.Module):
     """What a frame runs of the network: the stem and the blocks up to the last feature layer;
     returns the `layers` blocks' outputs, finest first (the head and the later blocks never run)."""
@@ -116,15 +127,17 @@ class BackboneTrunk(nn.Module):
 
 
 class BackboneModel:
-    """A counted ImageNet backbone: frame(s) → stride-8 and stride-16 feature maps."""
+    """A counted ImageNet backbone: frame(s) → the `layers` blocks' feature maps (by default
+    stride 8 and stride 16), finest first."""
 
-    def __init__(self, name: str, device: torch.device, size: int = 0, path: str | Path | None = None):
+    def __init__(self, name: str, device: torch.device, size: int = 0, path: str | Path | None = None,
+                 layers: tuple[int, ...] | list[int] = LAYERS):
         self.name = name
         self.weights = Path(path) if path is not None else weight_file(name)
         self.net = load_network(name, self.weights).to(device)
         self.device = torch.device(device)
         self.size = int(size) or INPUT_SIZE[name]
-        self.layers = LAYERS
+        self.layers = check_layers(layers)
         self.trunk = BackboneTrunk(self.net, self.layers)
         # build_backbone swaps in an exported network when runtime.backend says so
         self.encoder_net: CompiledNet = TorchNet(self.trunk, "fp32", self.device, channels_last=False)
@@ -132,8 +145,11 @@ class BackboneModel:
         self.images_encoded = 0      # frames through the network (a batched pass counts each)
 
     def export_spec(self) -> ExportSpec:
-        """The trunk as exported: (B, 3, S, S) -> (B, C8, S/8, S/8), (B, C16, S/16, S/16), B free."""
-        outputs = tuple(f"stride{8 * 2 ** i}" for i in range(len(self.layers)))
+        """The trunk as exported: (B, 3, S, S) -> one (B, C, S/stride, S/stride) per layer, B free;
+        outputs named by stride (`stride8`, `stride16`), or by block when two share a stride."""
+        strides = [STRIDES[layer] for layer in self.layers]
+        outputs = tuple(f"stride{s}" if strides.count(s) == 1 else f"block{layer}"
+                        for s, layer in zip(strides, self.layers))
         return ExportSpec(network=f"backbone_{self.name}", module=self.trunk,
                           sample=torch.zeros(2, 3, self.size, self.size, device=self.device),
                           source_sha256=sha256_of(self.weights),
@@ -174,7 +190,8 @@ def build_backbone(cfg: Config, device: torch.device) -> BackboneModel:
     compared with scales learned in fp32, and a bank built on one backend is used on another."""
     # the same choice (and one-line refusals) as SAM's, so one frame never mixes backends by surprise
     choice = resolve_backend(cfg.runtime.backend, cfg.precision, device)
-    model = BackboneModel(cfg.localizer.backbone, device, cfg.localizer.backbone_size)
+    model = BackboneModel(cfg.localizer.backbone, device, cfg.localizer.backbone_size,
+                          layers=cfg.localizer.backbone_layers)
     if choice.backend != TORCH:
         model.encoder_net = load_exported(model.export_spec(), choice, cfg, model.device, "fp32")
     return model
