@@ -253,6 +253,8 @@ def augmented(image: np.ndarray, augment: str) -> list[np.ndarray]:
     with d4 also each of those turned 90° (a non-square image is refused: its grid would differ)."""
     if augment not in AUGMENTATIONS:
         raise BankError(f"localizer.augment_references={augment!r}: choose one of {', '.join(AUGMENTATIONS)}")
+    if augment == "none":
+        return [image]
     if augment == "d4" and image.shape[0] != image.shape[1]:
         raise BankError(f"localizer.augment_references=d4 needs square images, not {image.shape[1]}x"
                         f"{image.shape[0]}; use flips")
@@ -290,9 +292,9 @@ def build_bank(images: Sequence[np.ndarray], encode: Callable[[np.ndarray], torc
                progress: bool = True, augment: str = "none") -> MemoryBank:
     """Patch grids of the normal images (`encode`: image → (rows, cols, C)) and of their
     `augment` copies, a coreset of them, and the leave-one-out calibration against that coreset."""
-    copies = AUGMENTATIONS.get(augment, 0)
     grids = [encode(copy).cpu() for img in tqdm(images, desc="reference bank", unit="img", disable=not progress)
-             for copy in (augmented(img, augment) if copies != 1 else [img])]
+             for copy in augmented(img, augment)]
+    copies = AUGMENTATIONS[augment]     # augmented() has refused any other name
     if len({g.shape for g in grids}) != 1:
         raise BankError("localizer.reference_dir holds images of different sizes; "
                         "use images from the camera that inspects the line")

@@ -35,8 +35,6 @@ BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 INPUT_SIZE = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
 # timm block indices whose outputs have stride 8 and 16: the default `localizer.backbone_layers`
 LAYERS = (2, 4)
-# the output stride of each of timm's efficientnet_liteN blocks (the same for N = 0, 1, 2)
-STRIDES = BACKBONE_STRIDES
 _MEAN = _STD = 0.5
 
 
@@ -147,7 +145,7 @@ class BackboneModel:
     def export_spec(self) -> ExportSpec:
         """The trunk as exported: (B, 3, S, S) -> one (B, C, S/stride, S/stride) per layer, B free;
         outputs named by stride (`stride8`, `stride16`), or by block when two share a stride."""
-        strides = [STRIDES[layer] for layer in self.layers]
+        strides = [BACKBONE_STRIDES[layer] for layer in self.layers]
         outputs = tuple(f"stride{s}" if strides.count(s) == 1 else f"block{layer}"
                         for s, layer in zip(strides, self.layers))
         return ExportSpec(network=f"backbone_{self.name}", module=self.trunk,

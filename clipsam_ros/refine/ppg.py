@@ -157,6 +157,8 @@ def generate_prompts(anomaly_map: np.ndarray, embedding: SamEmbedding, cfg: Refi
     if not regions:
         return []
     all_regions = np.logical_or.reduce(regions)
+    # the core is only read by a stage-3 box that is M2's own (refine/cps.py)
+    wants_core = cfg.box_core_level > 0 and cfg.stage3_box and not cfg.box_covers_region
     prompts = []
     for region in strongest_first(regions, anomaly_map, cfg.max_regions):
         positive = spaced_extremes(central_first(anomaly_map, region), region, cfg.num_positive,
@@ -167,8 +169,6 @@ def generate_prompts(anomaly_map: np.ndarray, embedding: SamEmbedding, cfg: Refi
             similarity = similarity_to_region(region, embedding)
             negative = spaced_extremes(similarity, ring, cfg.num_negative, cfg.point_spacing_px,
                                        largest=False)
-        # the core is only read by a stage-3 box that is M2's own (refine/cps.py)
-        wants_core = cfg.box_core_level > 0 and cfg.stage3_box and not cfg.box_covers_region
         core = region & (anomaly_map >= cfg.box_core_level) if wants_core else None
         prompts.append(PromptSet(positive=positive, negative=negative, region=region, ring=ring, core=core))
     return prompts
