@@ -64,19 +64,26 @@ def auroc(labels, scores) -> float:
     return image_metrics(scores, labels)["image_auroc"]
 
 
-def few_shot(cfg: Config, cells: Cells, good, bad, shots: int, seed: int, n_test: int = 60) -> float:
-    """`shots` good cells as references; 60 other good and 60 defective cells as the test."""
+def draw(good, bad, shots: int, seed: int, n_test: int = 60) -> tuple[list[int], list[int], list[int]]:
+    """Seed s's few-shot draw: `shots` good cells as references; `n_test` other good and `n_test`
+    defective cells as the test, and their labels (0 good, 1 defective)."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(good))
     refs = [good[i] for i in order[:shots]]
     test = [good[i] for i in order[shots:shots + n_test]] + [bad[i] for i in rng.permutation(len(bad))[:n_test]]
+    return refs, test, [0] * n_test + [1] * n_test
+
+
+def few_shot(cfg: Config, cells: Cells, good, bad, shots: int, seed: int, n_test: int = 60) -> float:
+    """`shots` good cells as references; 60 other good and 60 defective cells as the test."""
+    refs, test, labels = draw(good, bad, shots, seed, n_test)
     bank = build_bank([cells.images[i] for i in refs], cells.grid, cfg.localizer.backbone, "",
                       cfg.localizer.spatial_radius, cfg.localizer.coreset_ratio, progress=False,
                       augment=cfg.localizer.augment_references)
     loc = ReferenceLocalizer(bank, cfg.localizer, cells.backbone)
     scores = [loc(None, None, (300, 300), features=f).image_score  # type: ignore[arg-type]
               for f in cells.features(test)]
-    return auroc([0] * n_test + [1] * n_test, scores)
+    return auroc(labels, scores)
 
 
 def stream(cfg: Config, cells: Cells, good, bad, defect_rate: float, seed: int, n_frames: int = 200) -> float:

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
+from elpv import Cells, auroc, draw, load_cells  # benchmarks/elpv.py: cells, features, draws, metric
 
 from clipsam_ros.models.backbone import BackboneModel
 
@@ -33,44 +33,26 @@ def grid(levels: list[torch.Tensor], normalise: bool) -> torch.Tensor:
 
 
 def main() -> None:
-    from elpv_dataset.utils import load_dataset
-
     torch.set_num_threads(1)
-    images, probs, types = load_dataset()
-    good = np.flatnonzero((types == "poly") & (probs == 0.0)).tolist()
-    bad = np.flatnonzero((types == "poly") & (probs == 1.0)).tolist()
-    backbone = BackboneModel("efficientnet_lite0", torch.device("cpu"))
-    cache: dict[int, list[torch.Tensor]] = {}
-
-    def features(indices: list[int]) -> list[list[torch.Tensor]]:
-        todo = [i for i in dict.fromkeys(indices) if i not in cache]
-        for start in range(0, len(todo), 16):
-            chunk = todo[start:start + 16]
-            rgb = [np.repeat(images[i][:, :, None], 3, 2) for i in chunk]
-            for i, f in zip(chunk, backbone.encode_batch(rgb)):
-                cache[i] = f.levels
-        return [cache[i] for i in indices]
+    images, good, bad = load_cells("poly")
+    cells = Cells(BackboneModel("efficientnet_lite0", torch.device("cpu")), images)
 
     results: dict[str, list[float]] = {}
     started = time.time()
     for shots in (1, 16):
-        for seed in range(3):   # the draws of benchmarks/elpv.py few_shot
-            rng = np.random.default_rng(seed)
-            order = rng.permutation(len(good))
-            refs = [good[i] for i in order[:shots]]
-            test = [good[i] for i in order[shots:shots + 60]] + [bad[i] for i in rng.permutation(len(bad))[:60]]
-            labels = [0] * 60 + [1] * 60
+        for seed in range(3):   # benchmarks/elpv.py's few-shot draws
+            refs, test, labels = draw(good, bad, shots, seed)
             for metric in ("cosine", "euclidean"):
                 normalise = metric == "cosine"
-                bank = torch.cat([grid(levels, normalise) for levels in features(refs)])
-                queries = [grid(levels, normalise) for levels in features(test)]
+                bank = torch.cat([grid(f.levels, normalise) for f in cells.features(refs)])
+                queries = [grid(f.levels, normalise) for f in cells.features(test)]
                 dist = [1 - q @ bank.T if normalise else torch.cdist(q, bank) for q in queries]
                 for knn in (1, 3):
                     patch = [d.topk(knn, dim=1, largest=False).values.mean(1) for d in dist]
                     for top in (1, 5, 20):
                         scores = [float(p.topk(top).values.mean()) for p in patch]
                         name = f"{shots} shots, {metric}, knn {knn}, image = mean of top {top}"
-                        results.setdefault(name, []).append(roc_auc_score(labels, scores))
+                        results.setdefault(name, []).append(auroc(labels, scores))
     print(f"poly, 3 seeds ({time.time() - started:.0f} s)")
     for name, values in results.items():
         print(f"{name:50s} {np.mean(values):.3f} ± {np.std(values):.3f}")
