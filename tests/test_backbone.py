@@ -6,6 +6,7 @@ from pathlib import Path
 
 import cv2
 import matplotlib
+import numpy as np
 import pytest
 import torch
 
@@ -24,10 +25,39 @@ def lite0():
     return BackboneModel("efficientnet_lite0", CPU)
 
 
-def test_the_weights_are_real_imagenet_weights(lite0):
+def grace_hopper():
     path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-    image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-    assert int(lite0.classify(image).argmax()) == 652                  # "military uniform"
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+def test_the_weights_are_real_imagenet_weights(lite0):
+    assert int(lite0.classify(grace_hopper()).argmax()) == 652          # "military uniform"
+
+
+@pytest.mark.slow
+def test_lite2_classifies_as_its_weights_were_trained():
+    # with timm's symmetric padding (not the weights' TensorFlow "SAME") lite2 said "bow tie"
+    assert int(BackboneModel("efficientnet_lite2", CPU).classify(grace_hopper()).argmax()) == 652
+
+
+def test_each_feature_level_sits_on_its_own_cells(lite0):
+    """A dark dot on a grey frame: the centroid of each level's response, placed at its cells'
+    centres, lies on the dot. Symmetric padding put it 7 px (stride 8) and 13 px (stride 16)
+    down-right of the dot, and every anomaly map with it."""
+    size = lite0.size
+    grey = np.full((size, size, 3), 128, np.uint8)
+    blank = lite0.encode(grey).levels
+    for y, x in [(60, 150), (120, 90), (170, 170)]:
+        frame = grey.copy()
+        frame[y - 3:y + 4, x - 3:x + 4] = 0
+        for level, base in zip(lite0.encode(frame).levels, blank):
+            response = (level - base).norm(dim=1)[0].numpy()
+            stride = size / response.shape[1]
+            weight = np.clip(response - 0.2 * response.max(), 0, None)
+            rows, cols = np.mgrid[:response.shape[0], :response.shape[1]]
+            cy = ((weight * rows).sum() / weight.sum() + 0.5) * stride
+            cx = ((weight * cols).sum() / weight.sum() + 0.5) * stride
+            assert abs(cx - (x + 0.5)) < 4 and abs(cy - (y + 0.5)) < 4, (stride, cx, cy, x, y)
 
 
 def test_features_are_stride_8_and_16_and_a_batch_is_one_pass(lite0):
@@ -91,6 +121,25 @@ def test_a_bank_built_with_another_backbone_is_refused(metal_inspector, offline_
     cfg.localizer.bank, cfg.localizer.backbone = str(path), "sam"
     with pytest.raises(BankError, match=r"built with localizer\.backbone=efficientnet_lite0.*delete it"):
         build_localizer(cfg, lite_sam, CPU, progress=False)
+
+
+def test_a_bank_from_before_the_padding_fix_is_refused(metal_inspector, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from clipsam_ros.localize.reference import save_bank
+
+    path = tmp_path / "bank.safetensors"
+    save_bank(metal_inspector.localizer.bank, path)
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    del meta["padding"]                   # what banks saved before the fix hold
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(BankError, match=r"localizer\.bank=.*before the backbone's padding fix.*delete it") as info:
+        load_bank(path, "efficientnet_lite0", f"2,4@{metal_inspector.backbone.size}",
+                  metal_inspector.cfg.localizer.spatial_radius)
+    assert "\n" not in str(info.value)
 
 
 def test_backbone_layers_default_to_stride_8_and_16_and_can_add_stride_4(lite0, offline_cfg):

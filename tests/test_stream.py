@@ -90,6 +90,14 @@ def test_memory_round_trips_and_a_mismatched_file_is_refused(frames, lite0, tmp_
     assert run(again, stained[0]) == pytest.approx(run(loc, stained[0]))   # no warm-up after a restart
     with pytest.raises(MemoryFileError, match="localizer.memory=.*delete it"):
         StreamLocalizer(cfg.localizer, lite0, cfg.refiner, "sam:lite_medsam layers sam")
+    # a memory saved before the backbone's padding fix (no "padding" in its metadata)
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    save_file(tensors, str(path), metadata={"source": "efficientnet_lite0 layers 2,4@224"})
+    with pytest.raises(MemoryFileError, match="localizer.memory=.*before the backbone's padding fix.*delete it"):
+        StreamLocalizer(cfg.localizer, lite0, cfg.refiner, "efficientnet_lite0 layers 2,4@224")
 
 
 @pytest.mark.slow   # whole frames through the real models

@@ -49,7 +49,7 @@ from tqdm import tqdm
 from ..config import LocalizerConfig
 from ..errors import ClipsamError
 from ..imaging.files import IMAGE_SUFFIXES
-from ..models.backbone import BackboneFeatures, BackboneModel
+from ..models.backbone import PADDING, BackboneFeatures, BackboneModel
 from ..models.features import ClipFeatures, SamEmbedding
 from .base import AnomalyEstimate
 
@@ -354,8 +354,16 @@ def save_bank(bank: MemoryBank, path: str | Path) -> None:
               metadata={"normal_distance": repr(bank.normal_distance), "backbone": bank.backbone,
                         "layers": bank.layers, "grid": f"{bank.grid[0]},{bank.grid[1]}",
                         "spatial_radius": str(bank.spatial_radius), "covering_radius": repr(bank.covering_radius),
-                        "augment": bank.augment})
+                        "augment": bank.augment, "padding": PADDING})
     tmp.replace(path)
+
+
+def check_padding(held: str | None, backbone: str, what: str) -> None:
+    """A file of ImageNet-backbone features made before the backbones padded as their weights
+    were trained (`models.backbone.ARCHITECTURE`) is refused: its patches sit off their cells."""
+    if not backbone.startswith("sam") and held != PADDING:
+        raise BankError(f"{what} holds {backbone} features from before the backbone's padding fix "
+                        "(they sit about a cell off); delete it to rebuild")
 
 
 def load_bank(path: str | Path, backbone: str, layers: str, spatial_radius: int,
@@ -381,6 +389,7 @@ def load_bank(path: str | Path, backbone: str, layers: str, spatial_radius: int,
                     else f"localizer.backbone={b} (backbone_layers@backbone_size {lay})")
         raise BankError(f"localizer.bank={str(path)!r} was built with {say(bank.backbone, bank.layers)}, "
                         f"not {say(backbone, layers)}; delete it to rebuild")
+    check_padding(meta.get("padding"), bank.backbone, f"localizer.bank={str(path)!r}")
     if bank.spatial_radius != spatial_radius:
         # the calibration depends on the radius
         raise BankError(f"localizer.bank={str(path)!r} was calibrated with localizer.spatial_radius="

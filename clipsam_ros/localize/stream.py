@@ -35,10 +35,10 @@ from safetensors.torch import load_file, save_file
 
 from ..config import LocalizerConfig, RefinerConfig
 from ..errors import ClipsamError
-from ..models.backbone import BackboneFeatures, BackboneModel
+from ..models.backbone import PADDING, BackboneFeatures, BackboneModel
 from ..models.features import ClipFeatures, SamEmbedding
 from .base import AnomalyEstimate
-from .reference import grid_positions, grid_to_frame, image_score, patch_grid
+from .reference import BankError, check_padding, grid_positions, grid_to_frame, image_score, patch_grid
 
 _QUANTILE = 0.995
 
@@ -172,7 +172,7 @@ def save_memory(memories: dict[int, deque[Remembered]], path: str | Path, source
             tensors[f"camera{camera}.grids"] = torch.stack([m.grid for m in memory]).contiguous()
             tensors[f"camera{camera}.levels"] = torch.tensor([m.level for m in memory], dtype=torch.float64)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"source": source})
+    save_file(tensors, str(tmp), metadata={"source": source, "padding": PADDING})
     tmp.replace(path)
 
 
@@ -183,13 +183,18 @@ def load_memory(path: str | Path, source: str, window: int) -> dict[int, deque[R
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as handle:
-            held = (handle.metadata() or {})["source"]
+            meta = handle.metadata() or {}
+            held = meta["source"]
     except Exception as exc:
         raise MemoryFileError(f"localizer.memory={str(path)!r} is not a readable stream memory "
                               f"({type(exc).__name__}); delete it to start afresh") from None
     if held != source:
         raise MemoryFileError(f"localizer.memory={str(path)!r} holds {held} features, not {source}; "
                               "delete it or set localizer.backbone to match")
+    try:
+        check_padding(meta.get("padding"), source, f"localizer.memory={str(path)!r}")
+    except BankError as exc:
+        raise MemoryFileError(str(exc)) from None
     memories: dict[int, deque[Remembered]] = {}
     for name, grids in tensors.items():
         if name.endswith(".grids"):

@@ -33,6 +33,15 @@ from .weights import WeightError, sha256_of
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 # the square input each was trained at
 INPUT_SIZE = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
+# the timm network each set of weights was trained as: TensorFlow's "SAME" padding (extra
+# row/column at the bottom/right of a strided convolution) and batch-norm eps 1e-3.
+# timm's plain `efficientnet_liteN` pads symmetrically: the same tensors then classify worse
+# (lite2 misses grace_hopper.jpg) and their features sit ~7 px (stride 8) and ~13 px (stride 16)
+# up-left of their cells, which shifted every anomaly map down-right
+ARCHITECTURE = {name: f"tf_{name}" for name in BACKBONES}
+# what bank and stream-memory files record of that geometry: files made before it lack it
+# and are refused (their features sit off their cells)
+PADDING = "same"
 # timm block indices whose outputs have stride 8 and 16: the default `localizer.backbone_layers`
 LAYERS = (2, 4)
 _MEAN = _STD = 0.5
@@ -87,7 +96,7 @@ def load_network(name: str, path: str | Path | None = None) -> torch.nn.Module:
         raise WeightError(f"localizer.backbone={name!r} is not an ImageNet backbone; "
                           f"choose one of {', '.join(BACKBONES)} or sam")
     path = Path(path) if path is not None else weight_file(name)
-    net = timm.create_model(name, pretrained=False)
+    net = timm.create_model(ARCHITECTURE[name], pretrained=False)
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
         net.load_state_dict(map_state(state, net.state_dict()), strict=True)
@@ -151,7 +160,8 @@ class BackboneModel:
         return ExportSpec(network=f"backbone_{self.name}", module=self.trunk,
                           sample=torch.zeros(2, 3, self.size, self.size, device=self.device),
                           source_sha256=sha256_of(self.weights),
-                          config={"localizer.backbone": self.name, "localizer.backbone_size": self.size,
+                          config={"localizer.backbone": self.name, "architecture": ARCHITECTURE[self.name],
+                                  "localizer.backbone_size": self.size,
                                   "layers": list(self.layers)},
                           output_names=outputs, dynamic_axes=batch_axes(("pixels",), outputs))
 
