@@ -120,7 +120,7 @@ def _odd(key: str, value: int) -> None:
         raise ConfigError(f"{key}={value!r} must be odd (e.g. 25)")
 
 
-# the blocks of timm's efficientnet_liteN (N = 0, 1, 2) and their output strides
+# the blocks of timm's (tf_)efficientnet_liteN (N = 0, 1, 2) and their output strides
 BACKBONE_STRIDES = (2, 4, 8, 16, 16, 32, 32)
 
 

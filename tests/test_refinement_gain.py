@@ -3,10 +3,10 @@
 The coarse map is the ground truth blurred and pooled to a 37×37 grid (what
 CLIP ViT-L-14-336 at 518 px gives), so the test isolates the refiner. Measured
 on this set (offline profile, 2 seeds × every product/defect pair, 18 images):
-coarse 0.668, PPG alone 0.652, PPG+CPS 0.692 mean IoU, with the region-covering
-stage-3 box and offline.yaml's three positive points (one point: 0.645 and 0.708;
-offline.yaml's own box setting, made for its backbone map, gave 0.536 here, 0.383
-without its `box_core_level`). The assertions keep a margin below those figures.
+coarse 0.668, PPG alone 0.645, PPG+CPS 0.708 mean IoU, with the region-covering
+stage-3 box and one positive point (offline.yaml's three, chosen for its backbone map,
+give 0.652 and 0.692 here; its own box setting gave 0.536, 0.383 without its
+`box_core_level`). The assertions keep a margin below those figures.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def measured(lite_sam, offline_cfg):
     # a CLIP-like map's regions fit the defect: the stage-3 box covers the region with a 15 px margin.
     # offline.yaml takes SAM's stage-2 box instead, for its backbone map whose regions over-cover
     # the defect; on this map that box scores 0.536 (README, "The offline profile: LiteMedSAM needs boxes")
-    cfg = dataclasses.replace(offline_cfg.refiner, box_covers_region=True, box_margin_px=15.0)
+    cfg = dataclasses.replace(offline_cfg.refiner, box_covers_region=True, box_margin_px=15.0, num_positive=1)
     ppg_only = dataclasses.replace(cfg, stage2_logits=False, stage3_box=False)
     scores = {"coarse": [], "ppg": [], "ppg_cps": []}
     for product, defects in PRODUCTS.items():
@@ -54,4 +54,4 @@ def test_ppg_cps_beats_the_coarse_map(measured):
 
 
 def test_the_cascade_improves_on_points_alone(measured):
-    assert measured["ppg_cps"] >= measured["ppg"] + 0.02, measured
+    assert measured["ppg_cps"] >= measured["ppg"] + 0.04, measured

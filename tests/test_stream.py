@@ -8,7 +8,7 @@ from clipsam_ros.config import Config
 from clipsam_ros.data.synth import make_sample
 from clipsam_ros.inspector import Inspector
 from clipsam_ros.localize import build_localizer
-from clipsam_ros.localize.stream import MemoryFileError, StreamLocalizer, StreamWarmUp
+from clipsam_ros.localize.stream import MemoryFileError, StreamLocalizer, StreamWarmUp, load_memory
 from clipsam_ros.models.backbone import BackboneModel
 
 CPU = torch.device("cpu")
@@ -96,8 +96,13 @@ def test_memory_round_trips_and_a_mismatched_file_is_refused(frames, lite0, tmp_
     with safe_open(str(path), framework="pt") as handle:
         tensors = {k: handle.get_tensor(k) for k in handle.keys()}
     save_file(tensors, str(path), metadata={"source": "efficientnet_lite0 layers 2,4@224"})
-    with pytest.raises(MemoryFileError, match="localizer.memory=.*before the backbone's padding fix.*delete it"):
+    old = "localizer.memory=.*before the backbone's padding fix.*start afresh"
+    with pytest.raises(MemoryFileError, match=old) as info:
         StreamLocalizer(cfg.localizer, lite0, cfg.refiner, "efficientnet_lite0 layers 2,4@224")
+    assert "\n" not in str(info.value)
+    # SAM cells have no padding to fix: such a memory without the key still loads
+    save_file(tensors, str(path), metadata={"source": "sam:lite_medsam layers sam"})
+    assert load_memory(path, "sam:lite_medsam layers sam", 8)
 
 
 @pytest.mark.slow   # whole frames through the real models

@@ -49,7 +49,7 @@ from tqdm import tqdm
 from ..config import LocalizerConfig
 from ..errors import ClipsamError
 from ..imaging.files import IMAGE_SUFFIXES
-from ..models.backbone import PADDING, BackboneFeatures, BackboneModel
+from ..models.backbone import BACKBONES, PADDING, BackboneFeatures, BackboneModel
 from ..models.features import ClipFeatures, SamEmbedding
 from .base import AnomalyEstimate
 
@@ -358,12 +358,13 @@ def save_bank(bank: MemoryBank, path: str | Path) -> None:
     tmp.replace(path)
 
 
-def check_padding(held: str | None, backbone: str, what: str) -> None:
+def check_padding(held: str | None, backbone: str, what: str, fix: str = "delete it to rebuild") -> None:
     """A file of ImageNet-backbone features made before the backbones padded as their weights
-    were trained (`models.backbone.ARCHITECTURE`) is refused: its patches sit off their cells."""
-    if not backbone.startswith("sam") and held != PADDING:
+    were trained (`models.backbone.ARCHITECTURE`: metadata "padding") is refused: its patches
+    sit off their cells. `backbone` may be followed by more words (a stream memory's source)."""
+    if backbone.split()[0] in BACKBONES and held != PADDING:
         raise BankError(f"{what} holds {backbone} features from before the backbone's padding fix "
-                        "(they sit about a cell off); delete it to rebuild")
+                        f"(no padding={PADDING} in its metadata; they sit about a cell off); {fix}")
 
 
 def load_bank(path: str | Path, backbone: str, layers: str, spatial_radius: int,

@@ -192,7 +192,7 @@ def load_memory(path: str | Path, source: str, window: int) -> dict[int, deque[R
         raise MemoryFileError(f"localizer.memory={str(path)!r} holds {held} features, not {source}; "
                               "delete it or set localizer.backbone to match")
     try:
-        check_padding(meta.get("padding"), source, f"localizer.memory={str(path)!r}")
+        check_padding(meta.get("padding"), source, f"localizer.memory={str(path)!r}", "delete it to start afresh")
     except BankError as exc:
         raise MemoryFileError(str(exc)) from None
     memories: dict[int, deque[Remembered]] = {}

