@@ -47,3 +47,16 @@ def coarse_from_truth(truth: np.ndarray, grid: int = 37, sigma: float = 6.0) -> 
     pooled = cv2.resize(blurred, (grid, grid), interpolation=cv2.INTER_AREA)
     up = cv2.resize(pooled, (w, h), interpolation=cv2.INTER_LINEAR)
     return np.clip(up / max(float(up.max()), 1e-6), 0.0, 1.0).astype(np.float32)
+
+
+def rewrite_metadata(path, **changes: str | None) -> None:
+    """Rewrite a safetensors file with its metadata changed (None drops a key): how files saved
+    by an older version look, e.g. without the "padding" key of banks and stream memories."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        meta = dict(handle.metadata() or {})
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    meta.update(changes)
+    save_file(tensors, str(path), metadata={k: v for k, v in meta.items() if v is not None})

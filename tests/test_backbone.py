@@ -9,6 +9,7 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
+from conftest import rewrite_metadata
 
 from clipsam_ros.data.synth import make_sample
 from clipsam_ros.inspector import Inspector
@@ -124,18 +125,11 @@ def test_a_bank_built_with_another_backbone_is_refused(metal_inspector, offline_
 
 
 def test_a_bank_from_before_the_padding_fix_is_refused(metal_inspector, tmp_path):
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
     from clipsam_ros.localize.reference import save_bank
 
     path = tmp_path / "bank.safetensors"
     save_bank(metal_inspector.localizer.bank, path)
-    with safe_open(str(path), framework="pt") as handle:
-        meta = handle.metadata()
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    del meta["padding"]                   # what banks saved before the fix hold
-    save_file(tensors, str(path), metadata=meta)
+    rewrite_metadata(path, padding=None)  # what banks saved before the fix hold
     with pytest.raises(BankError, match=r"localizer\.bank=.*before the backbone's padding fix.*delete it") as info:
         load_bank(path, "efficientnet_lite0", f"2,4@{metal_inspector.backbone.size}",
                   metal_inspector.cfg.localizer.spatial_radius)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import rewrite_metadata
 
 from clipsam_ros.config import Config
 from clipsam_ros.data.synth import make_sample
@@ -91,17 +92,13 @@ def test_memory_round_trips_and_a_mismatched_file_is_refused(frames, lite0, tmp_
     with pytest.raises(MemoryFileError, match="localizer.memory=.*delete it"):
         StreamLocalizer(cfg.localizer, lite0, cfg.refiner, "sam:lite_medsam layers sam")
     # a memory saved before the backbone's padding fix (no "padding" in its metadata)
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-    with safe_open(str(path), framework="pt") as handle:
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    save_file(tensors, str(path), metadata={"source": "efficientnet_lite0 layers 2,4@224"})
+    rewrite_metadata(path, padding=None)
     old = "localizer.memory=.*before the backbone's padding fix.*start afresh"
     with pytest.raises(MemoryFileError, match=old) as info:
         StreamLocalizer(cfg.localizer, lite0, cfg.refiner, "efficientnet_lite0 layers 2,4@224")
     assert "\n" not in str(info.value)
     # SAM cells have no padding to fix: such a memory without the key still loads
-    save_file(tensors, str(path), metadata={"source": "sam:lite_medsam layers sam"})
+    rewrite_metadata(path, source="sam:lite_medsam layers sam")
     assert load_memory(path, "sam:lite_medsam layers sam", 8)
 
 

@@ -358,13 +358,15 @@ def save_bank(bank: MemoryBank, path: str | Path) -> None:
     tmp.replace(path)
 
 
-def check_padding(held: str | None, backbone: str, what: str, fix: str = "delete it to rebuild") -> None:
-    """A file of ImageNet-backbone features made before the backbones padded as their weights
-    were trained (`models.backbone.ARCHITECTURE`: metadata "padding") is refused: its patches
-    sit off their cells. `backbone` may be followed by more words (a stream memory's source)."""
+def stale_padding(held: str | None, backbone: str, what: str, fix: str) -> str | None:
+    """Why a file of ImageNet-backbone features must be refused, or None: one made before the
+    backbones padded as their weights were trained (`models.backbone.ARCHITECTURE`; metadata
+    "padding") has its patches off their cells. `backbone` may be followed by more words (a
+    stream memory's source); SAM cells have no padding to fix."""
     if backbone.split()[0] in BACKBONES and held != PADDING:
-        raise BankError(f"{what} holds {backbone} features from before the backbone's padding fix "
-                        f"(no padding={PADDING} in its metadata; they sit about a cell off); {fix}")
+        return (f"{what} holds {backbone} features from before the backbone's padding fix "
+                f"(no padding={PADDING} in its metadata; they sit about a cell off); {fix}")
+    return None
 
 
 def load_bank(path: str | Path, backbone: str, layers: str, spatial_radius: int,
@@ -390,7 +392,9 @@ def load_bank(path: str | Path, backbone: str, layers: str, spatial_radius: int,
                     else f"localizer.backbone={b} (backbone_layers@backbone_size {lay})")
         raise BankError(f"localizer.bank={str(path)!r} was built with {say(bank.backbone, bank.layers)}, "
                         f"not {say(backbone, layers)}; delete it to rebuild")
-    check_padding(meta.get("padding"), bank.backbone, f"localizer.bank={str(path)!r}")
+    stale = stale_padding(meta.get("padding"), bank.backbone, f"localizer.bank={str(path)!r}", "delete it to rebuild")
+    if stale:
+        raise BankError(stale)
     if bank.spatial_radius != spatial_radius:
         # the calibration depends on the radius
         raise BankError(f"localizer.bank={str(path)!r} was calibrated with localizer.spatial_radius="

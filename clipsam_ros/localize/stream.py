@@ -38,7 +38,7 @@ from ..errors import ClipsamError
 from ..models.backbone import PADDING, BackboneFeatures, BackboneModel
 from ..models.features import ClipFeatures, SamEmbedding
 from .base import AnomalyEstimate
-from .reference import BankError, check_padding, grid_positions, grid_to_frame, image_score, patch_grid
+from .reference import grid_positions, grid_to_frame, image_score, patch_grid, stale_padding
 
 _QUANTILE = 0.995
 
@@ -191,10 +191,9 @@ def load_memory(path: str | Path, source: str, window: int) -> dict[int, deque[R
     if held != source:
         raise MemoryFileError(f"localizer.memory={str(path)!r} holds {held} features, not {source}; "
                               "delete it or set localizer.backbone to match")
-    try:
-        check_padding(meta.get("padding"), source, f"localizer.memory={str(path)!r}", "delete it to start afresh")
-    except BankError as exc:
-        raise MemoryFileError(str(exc)) from None
+    stale = stale_padding(meta.get("padding"), source, f"localizer.memory={str(path)!r}", "delete it to start afresh")
+    if stale:
+        raise MemoryFileError(stale)
     memories: dict[int, deque[Remembered]] = {}
     for name, grids in tensors.items():
         if name.endswith(".grids"):
