@@ -14,8 +14,8 @@ from conftest import rewrite_metadata
 from clipsam_ros.data.synth import make_sample
 from clipsam_ros.inspector import Inspector
 from clipsam_ros.localize import build_localizer
-from clipsam_ros.localize.reference import BankError, load_bank
-from clipsam_ros.models.backbone import BackboneModel, load_network, weight_file
+from clipsam_ros.localize.reference import BankError, grid_to_frame, load_bank, map_to_frame
+from clipsam_ros.models.backbone import BackboneModel, load_network, same_padding_shift, weight_file
 from clipsam_ros.models.weights import WeightError
 
 CPU = torch.device("cpu")
@@ -59,6 +59,36 @@ def test_each_feature_level_sits_on_its_own_cells(lite0):
             cy = ((weight * rows).sum() / weight.sum() + 0.5) * stride
             cx = ((weight * cols).sum() / weight.sum() + 0.5) * stride
             assert abs(cx - (x + 0.5)) < 4 and abs(cy - (y + 0.5)) < 4, (stride, cx, cy, x, y)
+
+
+@pytest.mark.parametrize("size", [300, 260])
+def test_cells_reaching_past_the_input_are_placed_where_they_lie(size):
+    """Sizes the stride does not divide: "SAME" padding makes ceil(S/8) cells that start 4 px
+    before the input. Squeezed over the input, a dot near the first corner came out ~4-5 px
+    off; placed where the cells lie, within 1.5 px at both corners."""
+    net = BackboneModel("efficientnet_lite0", CPU, size=size)
+    grey = np.full((size, size, 3), 128, np.uint8)
+    base = net.encode(grey).levels[0]
+    rows, cols = np.mgrid[:size, :size]
+    for centre in (24, size - 24):
+        frame = grey.copy()
+        frame[centre - 3:centre + 4, centre - 3:centre + 4] = 0
+        features = net.encode(frame)
+        response = (features.levels[0] - base).norm(dim=1)[0].numpy()
+        response = np.clip(response - 0.2 * response.max(), 0, None)
+        placed = map_to_frame(response, features, None, 0.0, (size, size))
+        cy, cx = (placed * rows).sum() / placed.sum(), (placed * cols).sum() / placed.sum()
+        assert abs(cy - centre) < 1.5 and abs(cx - centre) < 1.5, (centre, cy, cx)
+        if centre == 24:
+            squeezed = grid_to_frame(response, None, 0.0, (size, size))
+            assert (squeezed * rows).sum() / squeezed.sum() > centre + 3        # the old placement
+
+
+def test_the_padding_shift_follows_the_odd_sizes():
+    assert same_padding_shift(448, 16) == 0 and same_padding_shift(224, 8) == 0
+    assert same_padding_shift(300, 8) == 4 and same_padding_shift(300, 16) == 4       # 300 150 75 38 19
+    assert same_padding_shift(260, 16) == 12                                           # 260 130 65 33 17
+    assert same_padding_shift(250, 8) == 6                                              # 250 125 63 32
 
 
 def test_features_are_stride_8_and_16_and_a_batch_is_one_pass(lite0):

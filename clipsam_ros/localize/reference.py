@@ -49,7 +49,7 @@ from tqdm import tqdm
 from ..config import LocalizerConfig
 from ..errors import ClipsamError
 from ..imaging.files import IMAGE_SUFFIXES
-from ..models.backbone import BACKBONES, PADDING, BackboneFeatures, BackboneModel
+from ..models.backbone import BACKBONES, PADDING, BackboneFeatures, BackboneModel, GridPlacement
 from ..models.features import ClipFeatures, SamEmbedding
 from .base import AnomalyEstimate
 
@@ -121,10 +121,10 @@ def patch_grid(features: BackboneFeatures | None, sam: SamEmbedding) -> torch.Te
 
 
 def grid_to_frame(grid_map: np.ndarray, sam: SamEmbedding | None, sigma: float,
-                  size: tuple[int, int] | None = None) -> np.ndarray:
+                  size: tuple[int, int] | None = None, placement: GridPlacement | None = None) -> np.ndarray:
     """A map over the patch grid → frame pixels (bilinear, then Gaussian σ), 0..1 float32.
     SAM cells cover the resized frame inside a padded square; backbone patches (sam=None)
-    cover the whole frame of `size` (h, w)."""
+    cover the frame of `size` (h, w), placed by `BackboneFeatures.placement` when given."""
     grid_map = grid_map.astype(np.float32)
     if sam is not None:
         cell = sam.img_size / sam.grid
@@ -135,10 +135,24 @@ def grid_to_frame(grid_map: np.ndarray, sam: SamEmbedding | None, sigma: float,
     else:
         assert size is not None
         h, w = size
+        if placement is not None:
+            # the cells at their input pixels, then the input's own square cut out
+            up = cv2.resize(grid_map, (placement.extent, placement.extent), interpolation=cv2.INTER_LINEAR)
+            inside = slice(placement.shift, placement.shift + placement.size)
+            grid_map = up[inside, inside]
     frame = cv2.resize(grid_map, (w, h), interpolation=cv2.INTER_LINEAR)
     if sigma > 0:
         frame = cv2.GaussianBlur(frame, (0, 0), sigma)
     return np.clip(frame, 0.0, 1.0).astype(np.float32)
+
+
+def map_to_frame(grid_map: np.ndarray, features: BackboneFeatures | None, sam: SamEmbedding, sigma: float,
+                 size: tuple[int, int]) -> np.ndarray:
+    """A localizer's grid map on the frame: over the backbone's cells when it has features, else
+    over the SAM embedding's."""
+    if features is None:
+        return grid_to_frame(grid_map, sam, sigma, size)
+    return grid_to_frame(grid_map, None, sigma, size, features.placement())
 
 
 def grid_positions(rows: int, cols: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -431,8 +445,7 @@ class ReferenceLocalizer:
         dist = distance_map(query, self.bank, self.cfg.knn, self.cfg.spatial_radius, self.cfg.bank_max_patches)
         ratio = dist / (self.bank.normal_distance * self.cfg.distance_scale)
         score = ratio.clamp(0, 1)
-        frame = grid_to_frame(score.cpu().numpy(), None if features is not None else sam, self.cfg.sigma,
-                              image_size)
+        frame = map_to_frame(score.cpu().numpy(), features, sam, self.cfg.sigma, image_size)
         return AnomalyEstimate(anomaly_map=frame, image_score=image_score(ratio))
 
 

@@ -17,8 +17,10 @@ every level as an output) is exported with a free batch axis, so several cameras
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -53,6 +55,36 @@ class BackboneFeatures:
 
     levels: list[torch.Tensor]
     original_size: tuple[int, int]    # (h, w) of the frame
+    input_size: int = 0               # the square the frame was squeezed to; 0: unknown, cells span it
+
+    def placement(self) -> GridPlacement | None:
+        """Where the finest level's cells lie on the (square) input; None where they span it
+        exactly (the stride divides S). "SAME" padding pads a stride-2 layer of odd size on
+        both sides, moving every later cell back by that layer's stride: at 300 px, 38 cells
+        of 8 px span −4..300, and squeezed over 0..300 they put the maps up to 4 px off."""
+        cells = self.levels[0].shape[-1]
+        if not self.input_size:
+            return None
+        stride = 2 ** round(math.log2(self.input_size / cells))
+        where = GridPlacement(same_padding_shift(self.input_size, stride), cells * stride, self.input_size)
+        return None if where.shift == 0 and where.extent == where.size else where
+
+
+class GridPlacement(NamedTuple):
+    shift: int       # the cells start this many input pixels before the input
+    extent: int      # and span this many
+    size: int        # the input's side
+
+
+def same_padding_shift(size: int, stride: int) -> int:
+    """Input pixels by which TF "SAME" padding moves the cells of stride `stride` back: each
+    stride-2 layer whose input has odd size n pads both sides (even n: only the far one)."""
+    shift, step = 0, 1
+    while step < stride:
+        if size % 2:
+            shift += step
+        size, step = -(-size // 2), step * 2
+    return shift
 
 
 def weight_file(name: str) -> Path:
@@ -183,7 +215,7 @@ class BackboneModel:
         levels = [level.float() for level in outs]
         self.encoder_calls += passes
         self.images_encoded += len(images_rgb)
-        return [BackboneFeatures([level[i:i + 1] for level in levels], tuple(image.shape[:2]))
+        return [BackboneFeatures([level[i:i + 1] for level in levels], tuple(image.shape[:2]), self.size)
                 for i, image in enumerate(images_rgb)]
 
     @torch.no_grad()
