@@ -268,6 +268,10 @@ class RefinerConfig:
                                      "below refiner.threshold the whole region) where M2 is empty or mostly "
                                      "outside the core (0 = off; unused with box_covers_region)",
                                 range=(0.0, 1.0))
+    box_peak_share: float = key(0.0, "stage-3 box is the region's peak: where the unclipped map reaches this "
+                                     "share of its largest value in the region (0 = off; takes precedence "
+                                     "over box_core_level; unused with box_covers_region)",
+                                range=(0.0, 1.0))
     # pixel score = fuse_weight * S_a + (1 - fuse_weight) * sigmoid(SAM logits), inside regions
     fuse_weight: float = key(0.5, "pixel score weight of the CLIP map vs the SAM mask", range=(0.0, 1.0))
     # in the decoder's order (docs/CLIPSAM.md)

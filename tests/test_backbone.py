@@ -140,6 +140,19 @@ def test_a_stain_scores_above_good_parts(metal_inspector):
     assert metal_inspector.inspect(stain).image_score > metal_inspector.inspect(good).image_score
 
 
+def test_the_unclipped_map_keeps_where_a_defect_peaks(metal_inspector):
+    stain, truth = make_sample("metal", "stain", seed=7)
+    estimate = metal_inspector.analyse(stain).estimate
+    clipped, unclipped = estimate.anomaly_map, estimate.unclipped
+    assert unclipped is not None and unclipped.shape == clipped.shape
+    # clipping before smoothing can only lower a pixel
+    assert (unclipped >= clipped - 1e-5).all() and clipped.max() <= 1.0
+    # where the clipped map is a flat plateau at 1, the unclipped one still has its peak, on the stain
+    assert unclipped.max() > 1.5
+    y, x = np.unravel_index(int(unclipped.argmax()), unclipped.shape)
+    assert truth[y, x] > 0
+
+
 def test_a_bank_built_with_another_backbone_is_refused(metal_inspector, offline_cfg, lite_sam, tmp_path):
     from clipsam_ros.localize.reference import save_bank
 

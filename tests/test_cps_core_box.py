@@ -1,4 +1,5 @@
-"""`refiner.box_core_level`: the stage-3 box per region, M2's or M2's united with the map's core.
+"""`refiner.box_core_level` and `box_peak_share`: the stage-3 box per region, M2's, M2's united
+with the map's core, or the region's peak.
 
 No network: `_boxes_of` and `generate_prompts` (without negative points) work on arrays.
 """
@@ -95,7 +96,35 @@ def test_ppg_gives_each_region_its_core_only_when_asked():
         assert p.core is None, unused
 
 
-def test_defaults_leave_it_off_and_the_offline_profile_turns_it_on():
-    assert Config().refiner.box_core_level == 0.0
+PEAK = rect(60, 50, 69, 59)
+
+
+def peaked_maps() -> tuple[np.ndarray, np.ndarray]:
+    """A clipped map flat at 1 over the region (the backbone's halo) and its unclipped values,
+    which fall off from a peak."""
+    unclipped = np.where(REGION, 1.3, 0.0).astype(np.float32)
+    unclipped[CORE] = 2.0
+    unclipped[PEAK] = 3.0
+    return np.minimum(unclipped, 1.0), unclipped
+
+
+def test_the_peak_box_is_where_the_unclipped_map_peaks():
+    clipped, unclipped = peaked_maps()
+    cfg = RefinerConfig(box_peak_share=0.8, box_core_level=0.9, box_margin_px=0.0, use_negative_points=False)
+    (p,) = generate_prompts(clipped, None, cfg, unclipped)
+    assert np.array_equal(p.core, PEAK)
+    # the box is the peak's, however far SAM's stage-2 mask leaked or however empty it came out
+    for m2 in (rect(22, 85, 40, 99), np.zeros(SIZE, bool), REGION):
+        assert np.array_equal(_boxes_of(torch.as_tensor(m2[None]), [p], cfg, SIZE)[0], mask_box(PEAK))
+    # a lower share reaches the shoulder too
+    (p,) = generate_prompts(clipped, None, dataclasses.replace(cfg, box_peak_share=0.6), unclipped)
+    assert np.array_equal(p.core, CORE)
+    # without unclipped values (a localizer whose scores stop at 1) the peak is the whole plateau
+    (p,) = generate_prompts(clipped, None, cfg)
+    assert np.array_equal(p.core, REGION)
+
+
+def test_defaults_leave_them_off_and_the_offline_profile_boxes_the_peak():
+    assert Config().refiner.box_core_level == 0.0 and Config().refiner.box_peak_share == 0.0
     offline = load(config_path("offline.yaml")).refiner
-    assert offline.box_core_level > offline.threshold and not offline.box_covers_region
+    assert 0 < offline.box_peak_share < 1 and not offline.box_covers_region and offline.stage3_box

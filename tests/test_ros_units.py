@@ -237,6 +237,6 @@ def test_node_overrides_from_a_file_are_complete_and_set_only_its_keys():
     cameras = {p.name: p for p in config_overrides(None, ["input.image_topics=[a/image,b/image]"])}
     assert cameras["input.image_topics"].type_ == Parameter.Type.STRING_ARRAY
     assert cameras["input.image_topics"].value == ["a/image", "b/image"]
-    assert full["sam.variant"] == "lite_medsam" and full["refiner.box_margin_px"] == 5.0
+    assert full["sam.variant"] == "lite_medsam" and full["refiner.box_peak_share"] == 0.8
     only = config_overrides(None, ["refiner.threshold=0.6"])
     assert [(p.name, p.value) for p in only] == [("refiner.threshold", 0.6)]

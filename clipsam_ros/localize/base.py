@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # torch and open_clip load with the models, not with this con
 class AnomalyEstimate:
     anomaly_map: np.ndarray           # float32 (H, W) in 0..1, frame resolution
     image_score: float                # 0..1
+    # the map before clipping at 1, same scale (where a defect peaks past 1); None: scores stop at 1
+    unclipped: np.ndarray | None = None
 
 
 class Localizer(Protocol):

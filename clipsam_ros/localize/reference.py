@@ -121,8 +121,10 @@ def patch_grid(features: BackboneFeatures | None, sam: SamEmbedding) -> torch.Te
 
 
 def grid_to_frame(grid_map: np.ndarray, sam: SamEmbedding | None, sigma: float,
-                  size: tuple[int, int] | None = None, placement: GridPlacement | None = None) -> np.ndarray:
-    """A map over the patch grid → frame pixels (bilinear, then Gaussian σ), 0..1 float32.
+                  size: tuple[int, int] | None = None, placement: GridPlacement | None = None,
+                  clip: bool = True) -> np.ndarray:
+    """A map over the patch grid → frame pixels (bilinear, then Gaussian σ), float32 clipped to
+    0..1 unless `clip` is False.
     SAM cells cover the resized frame inside a padded square; backbone patches (sam=None)
     cover the frame of `size` (h, w), placed by `BackboneFeatures.placement` when given."""
     grid_map = grid_map.astype(np.float32)
@@ -143,16 +145,26 @@ def grid_to_frame(grid_map: np.ndarray, sam: SamEmbedding | None, sigma: float,
     frame = cv2.resize(grid_map, (w, h), interpolation=cv2.INTER_LINEAR)
     if sigma > 0:
         frame = cv2.GaussianBlur(frame, (0, 0), sigma)
-    return np.clip(frame, 0.0, 1.0).astype(np.float32)
+    return (np.clip(frame, 0.0, 1.0) if clip else frame).astype(np.float32)
 
 
 def map_to_frame(grid_map: np.ndarray, features: BackboneFeatures | None, sam: SamEmbedding, sigma: float,
-                 size: tuple[int, int]) -> np.ndarray:
+                 size: tuple[int, int], clip: bool = True) -> np.ndarray:
     """A localizer's grid map on the frame: over the backbone's cells when it has features, else
     over the SAM embedding's."""
     if features is None:
-        return grid_to_frame(grid_map, sam, sigma, size)
-    return grid_to_frame(grid_map, None, sigma, size, features.placement())
+        return grid_to_frame(grid_map, sam, sigma, size, clip=clip)
+    return grid_to_frame(grid_map, None, sigma, size, features.placement(), clip)
+
+
+def estimate_of(ratio: torch.Tensor, features: BackboneFeatures | None, sam: SamEmbedding, sigma: float,
+                size: tuple[int, int]) -> AnomalyEstimate:
+    """The frame's map from the grid's ratio to the calibrated distance (1 = the map's 1): clipped
+    to 0..1 before smoothing, and unclipped, which keeps where a defect peaks."""
+    grid = ratio.cpu().numpy()
+    return AnomalyEstimate(anomaly_map=map_to_frame(np.clip(grid, 0.0, 1.0), features, sam, sigma, size),
+                           image_score=image_score(ratio),
+                           unclipped=map_to_frame(np.clip(grid, 0.0, None), features, sam, sigma, size, clip=False))
 
 
 def grid_positions(rows: int, cols: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -444,9 +456,7 @@ class ReferenceLocalizer:
             self.bank = self.bank.to(query.device)
         dist = distance_map(query, self.bank, self.cfg.knn, self.cfg.spatial_radius, self.cfg.bank_max_patches)
         ratio = dist / (self.bank.normal_distance * self.cfg.distance_scale)
-        score = ratio.clamp(0, 1)
-        frame = map_to_frame(score.cpu().numpy(), features, sam, self.cfg.sigma, image_size)
-        return AnomalyEstimate(anomaly_map=frame, image_score=image_score(ratio))
+        return estimate_of(ratio, features, sam, self.cfg.sigma, image_size)
 
 
 def image_score(ratio: torch.Tensor) -> float:

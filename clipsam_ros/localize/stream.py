@@ -38,7 +38,7 @@ from ..errors import ClipsamError
 from ..models.backbone import PADDING, BackboneFeatures, BackboneModel
 from ..models.features import ClipFeatures, SamEmbedding
 from .base import AnomalyEstimate
-from .reference import grid_positions, image_score, map_to_frame, patch_grid, stale_padding
+from .reference import estimate_of, grid_positions, patch_grid, stale_padding
 
 _QUANTILE = 0.995
 
@@ -128,8 +128,7 @@ class StreamLocalizer:
         # the map's verdict, not the image score's squashing, decides what is defective
         if self.learning and not (self.cfg.stream_skip_defective and float(score.max()) >= self.refiner.threshold):
             self._remember(memory, query, float(torch.quantile(raw.flatten(), _QUANTILE)))
-        frame = map_to_frame(score.cpu().numpy(), features, sam, self.cfg.sigma, image_size)
-        return AnomalyEstimate(anomaly_map=frame, image_score=image_score(ratio))
+        return estimate_of(ratio, features, sam, self.cfg.sigma, image_size)
 
     def _remember(self, memory: deque[Remembered], grid: torch.Tensor, level: float) -> None:
         memory.append(Remembered(grid.cpu(), level))

@@ -36,6 +36,7 @@ class Refinement:
 
 class Refiner(Protocol):
     def __call__(self, anomaly_map: np.ndarray, embedding: SamEmbedding, sam: SamModel,
-                 cfg: RefinerConfig, watch: Stopwatch) -> Refinement:
-        """The defect mask and pixel scores of one frame from S_a and the cached embedding."""
+                 cfg: RefinerConfig, watch: Stopwatch, unclipped: np.ndarray | None = None) -> Refinement:
+        """The defect mask and pixel scores of one frame from S_a and the cached embedding
+        (`unclipped`: S_a before clipping at 1, where the localizer has it)."""
         ...

@@ -67,14 +67,16 @@ def leaked_off_core(mask: np.ndarray, core: np.ndarray) -> bool:
 
 def _boxes_of(masks: torch.Tensor, prompts: list[PromptSet], cfg: RefinerConfig,
               size: tuple[int, int]) -> np.ndarray:
-    """Stage-3 box per row: the bounding box of the previous mask, grown by `box_margin_px`;
-    united with the region when `box_covers_region`; else, with `box_core_level`, united with the
-    region's core where that mask is empty or lies mostly outside the core; where it is still
-    empty, the region's own box."""
+    """Stage-3 box per row, grown by `box_margin_px`: the bounding box of the previous mask,
+    united with the region when `box_covers_region`; else the region's peak with `box_peak_share`;
+    else, with `box_core_level`, united with the region's core where that mask is empty or lies
+    mostly outside the core; where it is still empty, the region's own box."""
     boxes = []
     for mask, prompt in zip(masks.cpu().numpy(), prompts):
         if cfg.box_covers_region:
             mask = mask | prompt.region
+        elif cfg.box_peak_share > 0 and prompt.core is not None:
+            mask = prompt.core
         # (an empty core would add nothing to the box: skip the test)
         elif prompt.core is not None and prompt.core.any() and leaked_off_core(mask, prompt.core):
             mask = mask | prompt.core
@@ -121,11 +123,11 @@ def run_cascade(embedding: SamEmbedding, sam: SamModel, prompts: list[PromptSet]
 
 
 def refine_cps(anomaly_map: np.ndarray, embedding: SamEmbedding, sam: SamModel,
-               cfg: RefinerConfig, watch: Stopwatch | None = None) -> Refinement:
+               cfg: RefinerConfig, watch: Stopwatch | None = None, unclipped: np.ndarray | None = None) -> Refinement:
     """PPG + CPS on one frame. No region above θ: no prompts, empty mask."""
     watch = watch or Stopwatch()
     with watch.stage("ppg"):
-        prompts = generate_prompts(anomaly_map, embedding, cfg)
+        prompts = generate_prompts(anomaly_map, embedding, cfg, unclipped)
     if not prompts:
         empty = np.zeros(anomaly_map.shape, bool)
         return Refinement(mask=empty, pixel_scores=fuse_scores(anomaly_map, None, cfg.fuse_weight))

@@ -31,7 +31,7 @@ def threshold_only(anomaly_map: np.ndarray, cfg: RefinerConfig) -> Refinement:
 
 
 def refine_none(anomaly_map: np.ndarray, embedding: SamEmbedding, sam: SamModel, cfg: RefinerConfig,
-                watch: Stopwatch) -> Refinement:
+                watch: Stopwatch, unclipped: np.ndarray | None = None) -> Refinement:
     """`refiner.method: none` as a refiner: no prompt, no decoder pass."""
     with watch.stage("fuse"):
         return threshold_only(anomaly_map, cfg)

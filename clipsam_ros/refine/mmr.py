@@ -79,7 +79,7 @@ def merge_levels(logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 def refine_mmr(anomaly_map: np.ndarray, embedding: SamEmbedding, sam: SamModel,
-               cfg: RefinerConfig, watch: Stopwatch | None = None) -> Refinement:
+               cfg: RefinerConfig, watch: Stopwatch | None = None, unclipped: np.ndarray | None = None) -> Refinement:
     """ClipSAM's MMR on one frame; every region in one multimask decoder pass (see module docstring)."""
     watch = watch or Stopwatch()
     with watch.stage("mmr_prompts"):

@@ -39,7 +39,7 @@ class PromptSet:
     negative: np.ndarray   # (Q, 2) x, y
     region: np.ndarray     # (H, W) bool, the component M_i
     ring: np.ndarray       # (H, W) bool, dilate(M_i) - M
-    # (H, W) bool, M_i ∩ (S_a ≥ `box_core_level`); None when that key is 0 (see cps._boxes_of)
+    # (H, W) bool, the part of M_i the stage-3 box leans on (`region_core`); None when unused
     core: np.ndarray | None = None
 
     @property
@@ -150,15 +150,17 @@ def strongest_first(regions: list[np.ndarray], anomaly_map: np.ndarray, limit: i
     return ranked[:limit] if limit > 0 else ranked
 
 
-def generate_prompts(anomaly_map: np.ndarray, embedding: SamEmbedding, cfg: RefinerConfig) -> list[PromptSet]:
+def generate_prompts(anomaly_map: np.ndarray, embedding: SamEmbedding, cfg: RefinerConfig,
+                     unclipped: np.ndarray | None = None) -> list[PromptSet]:
     """One PromptSet per extreme region of S_a (at most `cfg.max_regions`, strongest peak
-    first); empty when nothing exceeds θ. Rings avoid every region, prompted or not."""
+    first); empty when nothing exceeds θ. Rings avoid every region, prompted or not.
+    `unclipped` (S_a before clipping at 1) places the peak of `box_peak_share`."""
     regions = extreme_regions(anomaly_map, cfg.threshold, cfg.min_region_px)
     if not regions:
         return []
     all_regions = np.logical_or.reduce(regions)
     # the core is only read by a stage-3 box that is M2's own (refine/cps.py)
-    wants_core = cfg.box_core_level > 0 and cfg.stage3_box and not cfg.box_covers_region
+    wants_core = (cfg.box_core_level > 0 or cfg.box_peak_share > 0) and cfg.stage3_box and not cfg.box_covers_region
     prompts = []
     for region in strongest_first(regions, anomaly_map, cfg.max_regions):
         positive = spaced_extremes(central_first(anomaly_map, region), region, cfg.num_positive,
@@ -169,9 +171,21 @@ def generate_prompts(anomaly_map: np.ndarray, embedding: SamEmbedding, cfg: Refi
             similarity = similarity_to_region(region, embedding)
             negative = spaced_extremes(similarity, ring, cfg.num_negative, cfg.point_spacing_px,
                                        largest=False)
-        core = region & (anomaly_map >= cfg.box_core_level) if wants_core else None
+        core = region_core(region, anomaly_map, unclipped, cfg) if wants_core else None
         prompts.append(PromptSet(positive=positive, negative=negative, region=region, ring=ring, core=core))
     return prompts
+
+
+def region_core(region: np.ndarray, anomaly_map: np.ndarray, unclipped: np.ndarray | None,
+                cfg: RefinerConfig) -> np.ndarray:
+    """The part of a region its stage-3 box may lean on. With `box_peak_share`: its peak, where
+    the unclipped map reaches that share of its maximum in the region (a clipped map is flat
+    at 1 over the backbone's halo, several times the defect; its unclipped values still fall
+    off from the defect). Else its core, S_a ≥ `box_core_level`."""
+    if cfg.box_peak_share > 0:
+        values = anomaly_map if unclipped is None else unclipped
+        return region & (values >= cfg.box_peak_share * values[region].max())
+    return region & (anomaly_map >= cfg.box_core_level)
 
 
 def batch_points(prompts: list[PromptSet]) -> tuple[np.ndarray, np.ndarray]:
