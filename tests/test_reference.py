@@ -86,6 +86,21 @@ def test_greedy_coreset_covers_the_full_bank_within_its_radius_better_than_chanc
     assert greedy_coreset(x, 400)[1] <= radius
 
 
+def test_greedy_coreset_picks_what_the_plain_farthest_point_rule_picks():
+    """The squared-norm expansion selects as the textbook loop over explicit distances does."""
+    torch.manual_seed(5)
+    x = grid_of(torch.randn(600, 64))                                    # no projection below 128 dims
+    keep, radius = greedy_coreset(x, 60)
+    first = int(keep[0])
+    chosen, nearest = [first], (x - x[first]).norm(dim=1)
+    for _ in range(59):
+        i = int(nearest.argmax())
+        chosen.append(i)
+        nearest = torch.minimum(nearest, (x - x[i]).norm(dim=1))
+    assert keep.tolist() == chosen
+    assert abs(radius - float(nearest.max())) < 1e-5
+
+
 def test_calibration_with_one_good_image_leaves_out_the_patch_itself():
     torch.manual_seed(4)
     grid = grid_of(torch.randn(4, 4, 8))

@@ -301,16 +301,26 @@ def greedy_coreset(x: torch.Tensor, n: int, seed: int = 0) -> tuple[torch.Tensor
     z = x
     if x.shape[1] > _PROJECTION:
         z = x @ (torch.randn(x.shape[1], _PROJECTION, generator=generator) / _PROJECTION ** 0.5).to(x)
+    # squared distances as |a|² + |b|² − 2a·b: one matrix-vector product per step, not an
+    # (M, C) difference tensor (a 92 k-patch bank: ~10x faster)
+    squared = (z * z).sum(dim=1)
     first = int(torch.randint(len(x), (1,), generator=generator))
     chosen = [first]
-    nearest = (z - z[first]).norm(dim=1)
-    nearest_full = (x - x[first]).norm(dim=1)
+    nearest = squared + squared[first] - 2 * (z @ z[first])
     for _ in range(n - 1):
         i = int(nearest.argmax())
         chosen.append(i)
-        nearest = torch.minimum(nearest, (z - z[i]).norm(dim=1))
-        nearest_full = torch.minimum(nearest_full, (x - x[i]).norm(dim=1))
-    return torch.tensor(chosen, dtype=torch.long), float(nearest_full.max())
+        torch.minimum(nearest, squared + squared[i] - 2 * (z @ z[i]), out=nearest)
+    keep = torch.tensor(chosen, dtype=torch.long)
+    return keep, covering_radius(x, x[keep])
+
+
+def covering_radius(x: torch.Tensor, kept: torch.Tensor, chunk: int = 4096) -> float:
+    """The largest Euclidean distance of a row of x to its nearest row of `kept`."""
+    worst = 0.0
+    for start in range(0, len(x), chunk):
+        worst = max(worst, float(torch.cdist(x[start:start + chunk], kept).min(dim=1).values.max()))
+    return worst
 
 
 def build_bank(images: Sequence[np.ndarray], encode: Callable[[np.ndarray], torch.Tensor], backbone: str,
