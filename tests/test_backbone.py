@@ -153,6 +153,18 @@ def test_the_unclipped_map_keeps_where_a_defect_peaks(metal_inspector):
     assert truth[y, x] > 0
 
 
+def test_the_refiner_boxes_the_peak_of_the_unclipped_map_it_is_handed(metal_inspector):
+    stain, _ = make_sample("metal", "stain", seed=7)
+    analysis = metal_inspector.analyse(stain)
+    prompts = metal_inspector.conclude(analysis).refinement.prompts
+    share, unclipped = metal_inspector.cfg.refiner.box_peak_share, analysis.estimate.unclipped
+    assert share > 0 and prompts
+    for p in prompts:
+        assert np.array_equal(p.core, p.region & (unclipped >= share * unclipped[p.region].max()))
+    # the clipped map's own peak (flat at 1) would be wider: the unclipped map reached the refiner
+    assert any(p.core.sum() < (p.region & (analysis.estimate.anomaly_map >= share)).sum() for p in prompts)
+
+
 def test_a_bank_built_with_another_backbone_is_refused(metal_inspector, offline_cfg, lite_sam, tmp_path):
     from clipsam_ros.localize.reference import save_bank
 

@@ -190,3 +190,29 @@ def test_max_regions_prompts_the_strongest_and_keeps_the_rest_in_the_mask(lite_s
     full = refine_cps(amap, emb, rec_full, PAPER)
     row = next(i for i, p in enumerate(full.prompts) if (p.region & (labels == 1)).any())
     assert torch.allclose(rec.passes[-1]["out"].logits[0], rec_full.passes[-1]["out"].logits[row], atol=1e-3)
+
+
+class BlindSam(RecordingSam):
+    """The real decoder's passes with every logit set to -20: SAM outlining nothing. LiteMedSAM
+    does miss faint defects, but cannot be made to on demand, so its answer is replaced."""
+
+    def decode(self, *args, **kwargs):
+        out = super().decode(*args, **kwargs)
+        return dataclasses.replace(out, logits=torch.full_like(out.logits, -20.0),
+                                   low_res_logits=torch.full_like(out.low_res_logits, -20.0))
+
+
+def test_a_region_sam_outlines_nothing_keeps_the_map_and_fails_the_part(lite_sam, stain, offline_cfg):
+    from clipsam_ros.decision import Verdict, find_defects, verdict_of
+    from clipsam_ros.refine.fuse import fuse_scores
+
+    _, truth, emb = stain
+    amap = coarse_from_truth(truth)
+    cfg = offline_cfg.refiner
+    assert cfg.fuse_weight < 0.5
+    # what the fused rule alone would give: no pixel, so the part would pass
+    assert not (fuse_scores(amap, np.full(amap.shape, -20.0, np.float32), cfg.fuse_weight) > 0.5).any()
+    result = refine_cps(amap, emb, BlindSam(lite_sam), cfg)
+    region = amap > cfg.threshold
+    assert result.mask[region].all() and not result.mask[~region].any()
+    assert verdict_of(find_defects(result.mask, result.pixel_scores, offline_cfg.decision)) == Verdict.FAIL

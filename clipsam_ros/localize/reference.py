@@ -148,7 +148,7 @@ def grid_to_frame(grid_map: np.ndarray, sam: SamEmbedding | None, sigma: float,
     return (np.clip(frame, 0.0, 1.0) if clip else frame).astype(np.float32)
 
 
-def map_to_frame(grid_map: np.ndarray, features: BackboneFeatures | None, sam: SamEmbedding, sigma: float,
+def map_to_frame(grid_map: np.ndarray, features: BackboneFeatures | None, sam: SamEmbedding | None, sigma: float,
                  size: tuple[int, int], clip: bool = True) -> np.ndarray:
     """A localizer's grid map on the frame: over the backbone's cells when it has features, else
     over the SAM embedding's."""

@@ -26,12 +26,19 @@ stage's mask inside dilate(M_i) (the region and the ring its negative points wer
 drawn from), and `box_covers_region` makes the stage-3 box cover M_i as well as
 M2, so a stage-2 mask that collapsed cannot shrink the box below the region.
 
-Which box is right depends on the map: a region that fits the defect wants the box to
-cover it, one that over-covers the defect (an ImageNet backbone's halo) wants M2's. The
-per-region middle way, `box_core_level` (ours; used when `box_covers_region` is off): the
-region's core is where S_a ≥ that level (the map's surest part, tighter than M_i); M2's box
-is kept while at least half of M2 lies in the core, and is united with the core's when M2
-is empty or mostly outside it — SAM's mask then leaked off the defect or found nothing.
+Which box is right depends on the map. A region that fits the defect wants the box to
+cover it; one that over-covers the defect (an ImageNet backbone's halo) wants a tighter
+one. Two per-region rules of ours (used when `box_covers_region` is off):
+`box_peak_share` boxes the region's peak, where the map before clipping
+(`AnomalyEstimate.unclipped`) reaches that share of its maximum in the region; M2 then
+does not shape the box (stage 2 still feeds stage 3 its points, and the ablation its
+masks). Else `box_core_level`: the region's core is where S_a ≥ that level; M2's box is
+kept while at least half of M2 lies in the core, and is united with the core's when M2 is
+empty or mostly outside it — SAM's mask then leaked off the defect or found nothing.
+
+A prompted region whose final mask is empty (no logit > 0) keeps the thresholded map, as
+the regions beyond `max_regions` do: with `fuse_weight` < 0.5 a pixel needs some of SAM's
+confidence even where S_a = 1, and SAM finding nothing must not pass a part.
 """
 from __future__ import annotations
 
@@ -135,7 +142,9 @@ def refine_cps(anomaly_map: np.ndarray, embedding: SamEmbedding, sam: SamModel,
         logits, stages, boxes = run_cascade(embedding, sam, prompts, cfg)
     with watch.stage("fuse"):
         unprompted = unprompted_regions(anomaly_map, prompts, cfg)
-        stage_scores = {name: fuse_scores(anomaly_map, with_unprompted(merged_logits(stage), unprompted),
+        stage_scores = {name: fuse_scores(anomaly_map,
+                                          with_unprompted(merged_logits(stage),
+                                                          either(unprompted, regions_sam_missed(stage, prompts))),
                                           cfg.fuse_weight)
                         for name, stage in stages.items()}
         scores = stage_scores[list(stages)[-1]]
@@ -152,6 +161,20 @@ def unprompted_regions(anomaly_map: np.ndarray, prompts: list[PromptSet], cfg: R
     if len(regions) <= len(prompts):
         return None
     return np.logical_or.reduce(regions) & ~np.logical_or.reduce([p.region for p in prompts])
+
+
+def regions_sam_missed(per_region: torch.Tensor, prompts: list[PromptSet]) -> np.ndarray | None:
+    """The prompted regions where SAM's mask came out empty (no logit > 0), or None. They keep
+    the thresholded map, as unprompted regions do: with `fuse_weight` < 0.5 a pixel needs some
+    of SAM's confidence even where S_a = 1, and SAM finding nothing must not pass the part."""
+    empty = ~(per_region > 0).flatten(1).any(dim=1).cpu().numpy()
+    if not empty.any():
+        return None
+    return np.logical_or.reduce([p.region for p, miss in zip(prompts, empty) if miss])
+
+
+def either(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+    return b if a is None else a if b is None else a | b
 
 
 def with_unprompted(logits: np.ndarray, unprompted: np.ndarray | None) -> np.ndarray:

@@ -159,7 +159,7 @@ def generate_prompts(anomaly_map: np.ndarray, embedding: SamEmbedding, cfg: Refi
     if not regions:
         return []
     all_regions = np.logical_or.reduce(regions)
-    # the core is only read by a stage-3 box that is M2's own (refine/cps.py)
+    # the core is only read by a stage-3 box that is not the region's own (refine/cps.py)
     wants_core = (cfg.box_core_level > 0 or cfg.box_peak_share > 0) and cfg.stage3_box and not cfg.box_covers_region
     prompts = []
     for region in strongest_first(regions, anomaly_map, cfg.max_regions):
