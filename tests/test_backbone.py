@@ -14,7 +14,7 @@ from conftest import rewrite_metadata
 from clipsam_ros.data.synth import make_sample
 from clipsam_ros.inspector import Inspector
 from clipsam_ros.localize import build_localizer
-from clipsam_ros.localize.reference import BankError, grid_to_frame, load_bank, map_to_frame
+from clipsam_ros.localize.reference import BankError, grid_to_frame, load_bank, map_to_frame, onto_finest
 from clipsam_ros.models.backbone import BackboneModel, load_network, same_padding_shift, weight_file
 from clipsam_ros.models.weights import WeightError
 
@@ -82,6 +82,33 @@ def test_cells_reaching_past_the_input_are_placed_where_they_lie(size):
         if centre == 24:
             squeezed = grid_to_frame(response, None, 0.0, (size, size))
             assert (squeezed * rows).sum() / squeezed.sum() > centre + 3        # the old placement
+
+
+def test_the_coarser_level_is_resampled_where_its_cells_lie():
+    """At 260 px stride 8 starts 4 px before the input and stride 16 12 px: upsampled as if the
+    two spanned the same pixels, a dot's stride-16 response sat ~half a fine cell further on
+    than at 448 px, where the cells nest; resampled at the fine cells' centres, as at 448."""
+
+    def offset(size: int) -> float:
+        net = BackboneModel("efficientnet_lite0", CPU, size=size)
+        grey = np.full((size, size, 3), 128, np.uint8)
+        base = net.encode(grey).levels
+        gaps = []
+        for centre in (size // 2 - 20, size // 2 + 17):
+            frame = grey.copy()
+            frame[centre - 3:centre + 4, centre - 3:centre + 4] = 0
+            features = net.encode(frame)
+            fine, coarse = [(level - b).norm(dim=1, keepdim=True) for level, b in zip(features.levels, base)]
+            gaps.append(np.subtract(centroid(onto_finest(coarse, features, 1)), centroid(fine)))
+        return float(np.mean(gaps))
+
+    def centroid(response: torch.Tensor) -> tuple[float, float]:
+        r = response[0, 0].numpy()
+        r = np.clip(r - 0.2 * r.max(), 0, None)
+        rows, cols = np.mgrid[:r.shape[0], :r.shape[1]]
+        return (r * rows).sum() / r.sum(), (r * cols).sum() / r.sum()
+
+    assert abs(offset(260) - offset(448)) < 0.15
 
 
 def test_the_padding_shift_follows_the_odd_sizes():

@@ -108,12 +108,33 @@ def backbone_grid(features: BackboneFeatures) -> torch.Tensor:
     level (so no level outweighs the other), concatenated, normalised."""
     finest = features.levels[0].shape[-2:]
     parts = []
-    for level in features.levels:
+    for index, level in enumerate(features.levels):
         x = F.avg_pool2d(level, 3, stride=1, padding=1, count_include_pad=False)
         if x.shape[-2:] != finest:
-            x = F.interpolate(x, size=finest, mode="bilinear", align_corners=False)
+            x = onto_finest(x, features, index)
         parts.append(F.normalize(x, dim=1))
     return F.normalize(torch.cat(parts, dim=1)[0].permute(1, 2, 0), dim=-1)
+
+
+def onto_finest(x: torch.Tensor, features: BackboneFeatures, level: int) -> torch.Tensor:
+    """A coarser level (1, C, h, w) resampled at the finest level's cells. Where the strides
+    divide the input, the levels' cells nest and plain bilinear upsampling is exact; else
+    "SAME" padding shifts each level by its own amount (260 px: stride 8 starts 4 px before
+    the input, stride 16 12 px), so the coarser level is sampled at the finer cells' centres."""
+    finest = features.levels[0].shape[-2:]
+    coarse, fine = features.placement(level), features.placement(0)
+    if coarse is None and fine is None:
+        return F.interpolate(x, size=finest, mode="bilinear", align_corners=False)
+    size = features.input_size
+    coarse = coarse or GridPlacement(0, size, size)
+    fine = fine or GridPlacement(0, size, size)
+    cells = x.shape[-1]
+    stride = coarse.extent / cells
+    # fine centres in the coarse level's cell index, then in grid_sample's −1..1 (corner-aligned)
+    at = (fine.centres(finest[-1]) + coarse.shift - (stride - 1) / 2) / stride
+    at = (at / max(cells - 1, 1) * 2 - 1).to(x)
+    grid = torch.stack(torch.meshgrid(at, at, indexing="xy"), dim=-1)[None]
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def patch_grid(features: BackboneFeatures | None, sam: SamEmbedding) -> torch.Tensor:

@@ -57,12 +57,12 @@ class BackboneFeatures:
     original_size: tuple[int, int]    # (h, w) of the frame
     input_size: int = 0               # the square the frame was squeezed to; 0: unknown, cells span it
 
-    def placement(self) -> GridPlacement | None:
-        """Where the finest level's cells lie on the (square) input; None where they span it
-        exactly (the stride divides S). "SAME" padding pads a stride-2 layer of odd size on
-        both sides, moving every later cell back by that layer's stride: at 300 px, 38 cells
+    def placement(self, level: int = 0) -> GridPlacement | None:
+        """Where a level's cells (default the finest) lie on the (square) input; None where they
+        span it exactly (the stride divides S). "SAME" padding pads a stride-2 layer of odd size
+        on both sides, moving every later cell back by that layer's stride: at 300 px, 38 cells
         of 8 px span −4..300, and squeezed over 0..300 they put the maps up to 4 px off."""
-        cells = self.levels[0].shape[-1]
+        cells = self.levels[level].shape[-1]
         if not self.input_size:
             return None
         stride = 2 ** round(math.log2(self.input_size / cells))
@@ -74,6 +74,11 @@ class GridPlacement(NamedTuple):
     shift: int       # the cells start this many input pixels before the input
     extent: int      # and span this many
     size: int        # the input's side
+
+    def centres(self, cells: int) -> torch.Tensor:
+        """Input-pixel centre of each of the `cells` cells along one axis."""
+        stride = self.extent / cells
+        return torch.arange(cells, dtype=torch.float32) * stride + (stride - 1) / 2 - self.shift
 
 
 def same_padding_shift(size: int, stride: int) -> int:
