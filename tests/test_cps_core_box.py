@@ -124,6 +124,18 @@ def test_the_peak_box_is_where_the_unclipped_map_peaks():
     assert np.array_equal(p.core, REGION)
 
 
+def test_a_capped_cascade_prompts_the_highest_unclipped_peak():
+    """Two regions flat at 1 once clipped: the one whose unclipped peak is higher is prompted,
+    whichever it is."""
+    first, second = rect(10, 10, 49, 49), rect(90, 60, 139, 109)
+    cfg = RefinerConfig(max_regions=1, use_negative_points=False)
+    for stronger in (first, second):
+        unclipped = np.where(first | second, 1.5, 0.0).astype(np.float32)
+        unclipped[stronger & (np.cumsum(stronger, axis=1) <= 10)] = 3.0        # a peak inside it
+        (p,) = generate_prompts(np.minimum(unclipped, 1.0), None, cfg, unclipped)
+        assert np.array_equal(p.region, stronger)
+
+
 def test_defaults_leave_them_off_and_the_offline_profile_boxes_the_peak():
     assert Config().refiner.box_core_level == 0.0 and Config().refiner.box_peak_share == 0.0
     offline = load(config_path("offline.yaml")).refiner

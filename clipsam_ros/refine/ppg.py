@@ -145,7 +145,8 @@ def similarity_to_region(region: np.ndarray, embedding: SamEmbedding) -> np.ndar
 
 
 def strongest_first(regions: list[np.ndarray], anomaly_map: np.ndarray, limit: int) -> list[np.ndarray]:
-    """The `limit` regions with the highest peak of S_a (all when `limit` is 0), strongest first."""
+    """The `limit` regions with the highest peak of `anomaly_map` (all when `limit` is 0), strongest
+    first; ties keep their order."""
     ranked = sorted(regions, key=lambda region: -float(anomaly_map[region].max()))
     return ranked[:limit] if limit > 0 else ranked
 
@@ -154,7 +155,8 @@ def generate_prompts(anomaly_map: np.ndarray, embedding: SamEmbedding, cfg: Refi
                      unclipped: np.ndarray | None = None) -> list[PromptSet]:
     """One PromptSet per extreme region of S_a (at most `cfg.max_regions`, strongest peak
     first); empty when nothing exceeds θ. Rings avoid every region, prompted or not.
-    `unclipped` (S_a before clipping at 1) places the peak of `box_peak_share`."""
+    `unclipped` (S_a before clipping at 1) ranks the regions and places the peak of
+    `box_peak_share`."""
     regions = extreme_regions(anomaly_map, cfg.threshold, cfg.min_region_px)
     if not regions:
         return []
@@ -162,7 +164,8 @@ def generate_prompts(anomaly_map: np.ndarray, embedding: SamEmbedding, cfg: Refi
     # the core is only read by a stage-3 box that is not the region's own (refine/cps.py)
     wants_core = (cfg.box_core_level > 0 or cfg.box_peak_share > 0) and cfg.stage3_box and not cfg.box_covers_region
     prompts = []
-    for region in strongest_first(regions, anomaly_map, cfg.max_regions):
+    # regions clipped at 1 all tie: the unclipped map still ranks them
+    for region in strongest_first(regions, anomaly_map if unclipped is None else unclipped, cfg.max_regions):
         positive = spaced_extremes(central_first(anomaly_map, region), region, cfg.num_positive,
                                    cfg.point_spacing_px)
         ring = ring_mask(region, all_regions, cfg.dilation_shape, cfg.dilation_size)
