@@ -187,7 +187,8 @@ class SamConfig:
 
 @dataclass
 class WeightsConfig:
-    cache_dir: str = key("", "download cache; empty = ~/.cache/clipsam_ros", reload=True)
+    cache_dir: str = key("", "download and export cache; empty = $CLIPSAM_ROS_CACHE, else ~/.cache/clipsam_ros",
+                        reload=True)
 
 
 @dataclass

@@ -25,6 +25,21 @@ settings.register_profile("long", derandomize=False, database=None, deadline=Non
 settings.load_profile("long" if LONG else "ci")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_weights_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Exports of the tests' random-init networks go to a cache of the session's own (removed
+    with it), not the user's ~/.cache/clipsam_ros, where each run would leave another GB."""
+    from clipsam_ros.models.weights import CACHE_ENV
+
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("weights_cache_default"))
+    yield
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous
+
+
 @pytest.fixture(scope="session")
 def offline_cfg() -> Config:
     return load(config_path("offline.yaml"))

@@ -7,6 +7,7 @@ session into a temporary weights cache. Speed is measured in `clipsam-ros bench 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 
 import numpy as np
@@ -187,6 +188,24 @@ def test_the_export_is_reused_and_a_corrupt_or_stale_one_is_rebuilt(tmp_path):
     # other weights or config: another folder, the first one untouched
     other = _spec(variant="tiny2")
     assert ensure_export(other, cache_dir=str(tmp_path)).parent.parent != folder
+
+
+def test_the_cache_keeps_the_last_used_exports_of_a_network(tmp_path):
+    """Each new key (weights, config, torch) is a new folder: beyond KEEP_PER_NETWORK the least
+    recently used go, a reused one counts as used, and other networks are never touched."""
+    from clipsam_ros.models.export import KEEP_PER_NETWORK
+
+    folders = []
+    for n in range(KEEP_PER_NETWORK):
+        folders.append(ensure_export(_spec(variant=f"v{n}"), cache_dir=str(tmp_path)).parent.parent)
+        os.utime(folders[-1] / MANIFEST, (1000 + n, 1000 + n))      # v0 used first, v2 last
+    neighbour = tmp_path / "exports" / "tiny_encoder_b-0123456789abcdef"   # a network whose name extends ours
+    neighbour.mkdir()
+    ensure_export(_spec(variant="v0"), cache_dir=str(tmp_path))        # v0 reused: now the last used
+    newest = ensure_export(_spec(variant="v3"), cache_dir=str(tmp_path)).parent.parent
+    left = sorted(p.name for p in (tmp_path / "exports").iterdir())
+    assert left == sorted([folders[0].name, folders[2].name, newest.name, neighbour.name])
+    assert not folders[1].exists()
 
 
 def test_a_given_export_dir_that_does_not_match_is_refused_in_one_line(tmp_path):

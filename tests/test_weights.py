@@ -314,7 +314,13 @@ def test_weight_error_is_one_line() -> None:
 
 def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("CLIPSAM_ROS_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     assert default_cache_dir() == tmp_path / ".cache" / "clipsam_ros"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "clipsam_ros"
+    monkeypatch.setenv("CLIPSAM_ROS_CACHE", str(tmp_path / "env"))
+    assert default_cache_dir() == tmp_path / "env"
     assert default_cache_dir(str(tmp_path / "c")) == tmp_path / "c"
     assert default_cache_dir("~/c") == tmp_path / "c"
 

@@ -11,7 +11,8 @@ exporter version names another cache folder.
 `ensure_export` is what the model builders call: a given `runtime.export_dir` (written by
 `clipsam-ros export`, possibly several networks) is checked and refused in one line when it
 does not match; otherwise the network's own folder in the weights cache is reused when
-intact, and (re)built when missing, stale or corrupt. Writes go to a temp folder next to
+intact, and (re)built when missing, stale or corrupt; the cache keeps the last three used
+exports of each network and removes older ones. Writes go to a temp folder next to
 the target and are renamed into place, so a crash never leaves a folder a later start
 would trust.
 """
@@ -22,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -43,6 +45,9 @@ OPSET = 17
 # 2: several networks per folder, one sub-folder each, dynamic axes by name
 FORMAT = 2
 BATCH = "batch"
+# exports of one network kept in the weights cache (different configs or library versions)
+KEEP_PER_NETWORK = 3
+_KEY = re.compile(r"[0-9a-f]{16}")
 
 
 class ExportError(ClipsamError, RuntimeError):
@@ -118,7 +123,29 @@ def ensure_export(spec: ExportSpec, export_dir: str = "", cache_dir: str = "") -
         if folder.exists():
             log.warning("%s: %s; exporting it again", folder, problem)
         write_export([spec], folder)
+        prune_cache(folder, spec.network)
+    else:
+        with contextlib.suppress(OSError):   # the manifest's mtime is the folder's last use
+            os.utime(folder / MANIFEST)
     return folder / spec.relative_path
+
+
+def prune_cache(current: Path, network: str, keep: int = KEEP_PER_NETWORK) -> list[Path]:
+    """Remove the cache's older exports of `network` beyond the `keep` last used (`current`
+    among them); returns what was removed. Each upgrade of torch or of the weights names a new
+    folder, and nothing else would ever delete the old ones."""
+    def last_used(folder: Path) -> float:
+        try:
+            return (folder / MANIFEST).stat().st_mtime
+        except OSError:
+            return 0.0
+    siblings = [p for p in current.parent.glob(f"{network}-*")
+                if p.is_dir() and p != current and _KEY.fullmatch(p.name[len(network) + 1:])]
+    stale = sorted(siblings, key=last_used, reverse=True)[max(keep - 1, 0):]
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+        log.info("removed the stale export %s (the %d last used of %s are kept)", folder, keep, network)
+    return stale
 
 
 def check_export(folder: Path, spec: ExportSpec) -> str:

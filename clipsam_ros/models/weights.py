@@ -2,7 +2,7 @@
 
 A weight source in the config is a local path (``~`` and ``file://`` allowed)
 or an http(s) URL. A URL is downloaded once into the cache dir
-(``weights.cache_dir``, default ``~/.cache/clipsam_ros``) and reused after that
+(``weights.cache_dir``; default ``$CLIPSAM_ROS_CACHE``, else ``~/.cache/clipsam_ros``) and reused after that
 without touching the network. Downloads go to ``<name>.part-<pid>`` next to the
 target and are moved into place with ``os.replace`` only once complete and
 verified, so a crash, a dropped connection or a bad checksum never leaves a
@@ -57,9 +57,16 @@ class WeightError(ClipsamError, RuntimeError):
     """A weight file that cannot be used; str(exc) is ONE line naming the file, the config key and what to do."""
 
 
+CACHE_ENV = "CLIPSAM_ROS_CACHE"
+
+
 def default_cache_dir(cache_dir: str = "") -> Path:
-    """The download cache: `cache_dir`, or ~/.cache/clipsam_ros when empty."""
-    return Path(cache_dir or "~/.cache/clipsam_ros").expanduser()
+    """The download cache: `cache_dir`; when empty, $CLIPSAM_ROS_CACHE, else
+    $XDG_CACHE_HOME/clipsam_ros, else ~/.cache/clipsam_ros."""
+    if not cache_dir:
+        cache_dir = os.environ.get(CACHE_ENV) or str(Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache")
+                                                     / "clipsam_ros")
+    return Path(cache_dir).expanduser()
 
 
 def sha256_of(path: Path, chunk: int = _CHUNK) -> str:
