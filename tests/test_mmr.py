@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import coarse_from_truth
-from test_cps import RecordingSam
+from test_cps import BlindSam, RecordingSam
 
 from clipsam_ros.config import ConfigError, RefinerConfig, load
 from clipsam_ros.data.synth import make_sample
@@ -129,6 +129,21 @@ def test_a_stain_is_outlined_and_confined(lite_sam):
     assert not (result.stage_masks["merged"] & ~prompt.neighbourhood).any()
     iou = (result.mask & truth).sum() / (result.mask | truth).sum()
     assert iou > 0.75, iou                                            # measured 0.85
+
+
+def test_a_region_sam_outlines_nothing_keeps_the_map_and_fails_the_part(lite_sam, two_defects):
+    """As in CPS: with fuse_weight < 0.5 the fused rule alone would drop a region SAM finds nothing
+    in (0.3 · 1 < 0.5), and the part would pass."""
+    from clipsam_ros.config import DecisionConfig
+    from clipsam_ros.decision import Verdict, find_defects, verdict_of
+
+    _, _, emb, amap = two_defects
+    cfg = dataclasses.replace(MMR, fuse_weight=0.3)
+    result = refine_mmr(amap, emb, BlindSam(lite_sam), cfg)
+    regions = amap > cfg.threshold
+    assert regions.any() and not (cfg.fuse_weight * amap > 0.5).any()
+    assert result.mask[regions].all() and not result.mask[~regions].any()
+    assert verdict_of(find_defects(result.mask, result.pixel_scores, DecisionConfig())) == Verdict.FAIL
 
 
 def test_nothing_above_threshold_means_no_decoder_pass(lite_sam, two_defects):

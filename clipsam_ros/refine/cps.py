@@ -50,7 +50,7 @@ from ..models.features import SamEmbedding
 from ..models.sam import SamModel
 from ..timing import Stopwatch
 from .base import MASK_LEVEL, Refinement
-from .fuse import fuse_scores
+from .fuse import fuse_scores, regions_sam_missed
 from .ppg import PromptSet, batch_points, extreme_regions, generate_prompts, grown_boxes, mask_box
 
 
@@ -144,7 +144,7 @@ def refine_cps(anomaly_map: np.ndarray, embedding: SamEmbedding, sam: SamModel,
         unprompted = unprompted_regions(anomaly_map, prompts, cfg)
         stage_scores = {name: fuse_scores(anomaly_map,
                                           with_unprompted(merged_logits(stage),
-                                                          either(unprompted, regions_sam_missed(stage, prompts))),
+                                                          either(unprompted, regions_sam_missed(stage > 0, prompts))),
                                           cfg.fuse_weight)
                         for name, stage in stages.items()}
         scores = stage_scores[list(stages)[-1]]
@@ -161,16 +161,6 @@ def unprompted_regions(anomaly_map: np.ndarray, prompts: list[PromptSet], cfg: R
     if len(regions) <= len(prompts):
         return None
     return np.logical_or.reduce(regions) & ~np.logical_or.reduce([p.region for p in prompts])
-
-
-def regions_sam_missed(per_region: torch.Tensor, prompts: list[PromptSet]) -> np.ndarray | None:
-    """The prompted regions where SAM's mask came out empty (no logit > 0), or None. They keep
-    the thresholded map, as unprompted regions do: with `fuse_weight` < 0.5 a pixel needs some
-    of SAM's confidence even where S_a = 1, and SAM finding nothing must not pass the part."""
-    empty = ~(per_region > 0).flatten(1).any(dim=1).cpu().numpy()
-    if not empty.any():
-        return None
-    return np.logical_or.reduce([p.region for p, miss in zip(prompts, empty) if miss])
 
 
 def either(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:

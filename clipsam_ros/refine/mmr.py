@@ -26,7 +26,9 @@ merged with weights, then with the CLIP map. Our reading, step by step:
    (`cps.MASK_LEVEL`). Per-level masks (union over regions, σ(L) > 0.5) and
    the merged one are kept in `Refinement.stage_masks` for inspection.
 
-No region above θ: no decoder pass, an empty mask, score = w·S_a.
+No region above θ: no decoder pass, an empty mask, score = w·S_a. A region whose merged
+mask P_i has no pixel above 0.5 (SAM outlined nothing) keeps the thresholded map: P = 1
+there, as in CPS (`fuse.regions_sam_missed`).
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from ..models.features import SamEmbedding
 from ..models.sam import SamModel
 from ..timing import Stopwatch
 from .base import MASK_LEVEL, Refinement
+from .fuse import regions_sam_missed
 from .ppg import PromptSet, batch_points, extreme_regions, grown_boxes, mask_box, ring_mask, spaced_extremes
 
 LEVELS = ("level1", "level2", "level3")
@@ -100,6 +103,9 @@ def refine_mmr(anomaly_map: np.ndarray, embedding: SamEmbedding, sam: SamModel,
             levels = levels * allowed[:, None]
     with watch.stage("fuse"):
         merged = per_region.max(dim=0).values.cpu().numpy()
+        missed = regions_sam_missed(per_region > 0.5, prompts)
+        if missed is not None:   # SAM outlined nothing there: the thresholded map stands (P = 1)
+            merged = np.where(missed, 1.0, merged).astype(np.float32)
         scores = (cfg.fuse_weight * anomaly_map + (1.0 - cfg.fuse_weight) * merged).astype(np.float32)
         stage_masks = {name: (levels[:, k] > 0.5).any(dim=0).cpu().numpy() for k, name in enumerate(LEVELS)}
         stage_masks["merged"] = merged > 0.5
