@@ -202,17 +202,39 @@ class BlindSam(RecordingSam):
                                    low_res_logits=torch.full_like(out.low_res_logits, -20.0))
 
 
-def test_a_region_sam_outlines_nothing_keeps_the_map_and_fails_the_part(lite_sam, stain, offline_cfg):
+class SpeckSam(RecordingSam):
+    """The real decoder's passes with SAM outlining one pixel (at `where`, x, y) and nothing else."""
+
+    def __init__(self, sam, where: tuple[int, int]):
+        super().__init__(sam)
+        self.where = where
+
+    def decode(self, *args, **kwargs):
+        out = super().decode(*args, **kwargs)
+        logits = torch.full_like(out.logits, -20.0)
+        logits[..., self.where[1], self.where[0]] = 5.0
+        return dataclasses.replace(out, logits=logits, low_res_logits=torch.full_like(out.low_res_logits, -20.0))
+
+
+@pytest.mark.parametrize("case", ["blind", "speck", "blind, fuse_weight 0.8 and a low threshold"])
+def test_a_region_sam_finds_nothing_in_is_judged_by_the_map(lite_sam, stain, offline_cfg, case):
+    """Whatever fuse_weight and θ, a region SAM outlines nothing (or a speck) in stays in the mask
+    with at least its map score, so the part fails as with `refiner.method: none`."""
     from clipsam_ros.decision import Verdict, find_defects, verdict_of
-    from clipsam_ros.refine.fuse import fuse_scores
 
     _, truth, emb = stain
     amap = coarse_from_truth(truth)
     cfg = offline_cfg.refiner
-    assert cfg.fuse_weight < 0.5
-    # what the fused rule alone would give: no pixel, so the part would pass
-    assert not (fuse_scores(amap, np.full(amap.shape, -20.0, np.float32), cfg.fuse_weight) > 0.5).any()
-    result = refine_cps(amap, emb, BlindSam(lite_sam), cfg)
+    if case.startswith("blind, fuse_weight"):
+        # the fused score of a region at σ(L) = 1 would be 0.8 · S_a + 0.2 < 0.5 where S_a < 0.375
+        amap = (0.36 * amap / amap.max()).astype(np.float32)
+        cfg = dataclasses.replace(cfg, fuse_weight=0.8, threshold=0.3)
+    peak = np.unravel_index(int(np.argmax(amap)), amap.shape)
+    sam = SpeckSam(lite_sam, (int(peak[1]), int(peak[0]))) if case == "speck" else BlindSam(lite_sam)
+    result = refine_cps(amap, emb, sam, cfg)
     region = amap > cfg.threshold
+    assert region.sum() > 1000
     assert result.mask[region].all() and not result.mask[~region].any()
-    assert verdict_of(find_defects(result.mask, result.pixel_scores, offline_cfg.decision)) == Verdict.FAIL
+    assert (result.pixel_scores[region] >= amap[region] - 1e-6).all()
+    decision = dataclasses.replace(offline_cfg.decision, score_threshold=0.3)
+    assert verdict_of(find_defects(result.mask, result.pixel_scores, decision)) == Verdict.FAIL

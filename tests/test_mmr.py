@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import coarse_from_truth
-from test_cps import BlindSam, RecordingSam
+from test_cps import BlindSam, RecordingSam, SpeckSam
 
 from clipsam_ros.config import ConfigError, RefinerConfig, load
 from clipsam_ros.data.synth import make_sample
@@ -140,6 +140,9 @@ def test_a_region_sam_outlines_nothing_keeps_the_map_and_fails_the_part(lite_sam
     _, _, emb, amap = two_defects
     cfg = dataclasses.replace(MMR, fuse_weight=0.3)
     result = refine_mmr(amap, emb, BlindSam(lite_sam), cfg)
+    peak = np.unravel_index(int(np.argmax(amap)), amap.shape)
+    speck = refine_mmr(amap, emb, SpeckSam(lite_sam, (int(peak[1]), int(peak[0]))), cfg)
+    np.testing.assert_array_equal(speck.mask, result.mask)
     regions = amap > cfg.threshold
     assert regions.any() and not (cfg.fuse_weight * amap > 0.5).any()
     assert result.mask[regions].all() and not result.mask[~regions].any()

@@ -11,8 +11,8 @@ previous mask came out empty gets its own bounding box as the stage-3 box.
 
 The decoder's cost grows with the number of regions. `refiner.max_regions` caps
 it for a takt time: only the regions with the highest peaks are prompted, and
-every other extreme region counts as fully SAM-confirmed (σ(L) = 1), so its
-pixels stay in the mask (S_a > θ) and the part still fails.
+every other extreme region is judged by the map alone (`fuse.keep_map_regions`:
+its pixels stay in the mask, S_a > θ, scored at least S_a), so the part still fails.
 
 Pixel scores (for metrics and the image score) fuse the two sources:
     score = w · S_a + (1 − w) · σ(L),   L = max over regions of the final logits,
@@ -36,9 +36,10 @@ masks). Else `box_core_level`: the region's core is where S_a ≥ that level; M2
 kept while at least half of M2 lies in the core, and is united with the core's when M2 is
 empty or mostly outside it — SAM's mask then leaked off the defect or found nothing.
 
-A prompted region whose final mask is empty (no logit > 0) keeps the thresholded map, as
-the regions beyond `max_regions` do: with `fuse_weight` < 0.5 a pixel needs some of SAM's
-confidence even where S_a = 1, and SAM finding nothing must not pass a part.
+A prompted region the fused mask keeps fewer than `min_region_px` pixels of (SAM outlined
+nothing there, or a speck) is judged by the map alone too, as the regions beyond
+`max_regions` are: with `fuse_weight` < 0.5 a pixel needs some of SAM's confidence even
+where S_a = 1, and SAM finding nothing must not pass a part.
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ from ..models.features import SamEmbedding
 from ..models.sam import SamModel
 from ..timing import Stopwatch
 from .base import MASK_LEVEL, Refinement
-from .fuse import fuse_scores, regions_sam_missed
+from .fuse import fuse_scores, keep_map_regions, regions_sam_missed
 from .ppg import PromptSet, batch_points, extreme_regions, generate_prompts, grown_boxes, mask_box
 
 
@@ -142,15 +143,20 @@ def refine_cps(anomaly_map: np.ndarray, embedding: SamEmbedding, sam: SamModel,
         logits, stages, boxes = run_cascade(embedding, sam, prompts, cfg)
     with watch.stage("fuse"):
         unprompted = unprompted_regions(anomaly_map, prompts, cfg)
-        stage_scores = {name: fuse_scores(anomaly_map,
-                                          with_unprompted(merged_logits(stage),
-                                                          either(unprompted, regions_sam_missed(stage > 0, prompts))),
-                                          cfg.fuse_weight)
-                        for name, stage in stages.items()}
-        scores = stage_scores[list(stages)[-1]]
-    return Refinement(mask=scores > MASK_LEVEL, pixel_scores=scores, prompts=prompts,
-                      stage_masks={name: s > MASK_LEVEL for name, s in stage_scores.items()},
-                      boxes=boxes)
+        judged = {name: judge_stage(anomaly_map, merged_logits(stage), prompts, unprompted, cfg)
+                  for name, stage in stages.items()}
+        mask, scores = judged[list(stages)[-1]]
+    return Refinement(mask=mask, pixel_scores=scores, prompts=prompts,
+                      stage_masks={name: m for name, (m, _) in judged.items()}, boxes=boxes)
+
+
+def judge_stage(anomaly_map: np.ndarray, logits: np.ndarray, prompts: list[PromptSet],
+                unprompted: np.ndarray | None, cfg: RefinerConfig) -> tuple[np.ndarray, np.ndarray]:
+    """A stage's mask and pixel scores: the fused rule, with the regions left unprompted and
+    those SAM outlined (almost) nothing in judged by the map alone."""
+    scores = fuse_scores(anomaly_map, logits, cfg.fuse_weight)
+    missed = regions_sam_missed(scores > MASK_LEVEL, prompts, cfg.min_region_px)
+    return keep_map_regions(anomaly_map, scores, either(unprompted, missed))
 
 
 def unprompted_regions(anomaly_map: np.ndarray, prompts: list[PromptSet], cfg: RefinerConfig) -> np.ndarray | None:
@@ -165,11 +171,6 @@ def unprompted_regions(anomaly_map: np.ndarray, prompts: list[PromptSet], cfg: R
 
 def either(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
     return b if a is None else a if b is None else a | b
-
-
-def with_unprompted(logits: np.ndarray, unprompted: np.ndarray | None) -> np.ndarray:
-    # a large logit: σ(L) = 1, the thresholded map stands for SAM's mask there
-    return logits if unprompted is None else np.where(unprompted, np.maximum(logits, 50.0), logits)
 
 
 def merged_logits(per_region: torch.Tensor) -> np.ndarray:

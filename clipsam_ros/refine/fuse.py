@@ -3,17 +3,17 @@
     score = w · S_a + (1 − w) · σ(L),   w = `refiner.fuse_weight`
 
 σ(L) is 0 where no region was prompted; the mask is score > MASK_LEVEL (base.py).
-A prompted region where SAM outlined nothing keeps the thresholded map (`regions_sam_missed`),
-in every refiner that prompts SAM.
+A prompted region the fused mask keeps fewer than `refiner.min_region_px` pixels of (SAM outlined
+nothing there, or a speck) is judged by the map alone (`keep_map_regions`), in every refiner
+that prompts SAM.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from .base import Refinement
+from .base import MASK_LEVEL, Refinement
 
 if TYPE_CHECKING:
     from ..config import RefinerConfig
@@ -26,18 +26,32 @@ if TYPE_CHECKING:
 def fuse_scores(anomaly_map: np.ndarray, logits: np.ndarray | None, weight: float) -> np.ndarray:
     """w · S_a + (1 − w) · σ(L); σ(L) = 0 where there is no SAM mask."""
     sam_prob = np.zeros_like(anomaly_map) if logits is None else 1.0 / (1.0 + np.exp(-np.clip(logits, -50.0, 50.0)))
+    return fuse_probabilities(anomaly_map, sam_prob, weight)
+
+
+def fuse_probabilities(anomaly_map: np.ndarray, sam_prob: np.ndarray, weight: float) -> np.ndarray:
+    """w · S_a + (1 − w) · P, with P SAM's soft mask in 0..1."""
     return (weight * anomaly_map + (1.0 - weight) * sam_prob).astype(np.float32)
 
 
-def regions_sam_missed(found: torch.Tensor, prompts: list[PromptSet]) -> np.ndarray | None:
-    """The prompted regions whose SAM mask `found` (B, H, W bool, one row per prompt) is empty, or
-    None. They keep the thresholded map, as regions left unprompted do: with `fuse_weight` < 0.5 a
-    pixel needs some of SAM's confidence even where S_a = 1, and SAM finding nothing must not pass
-    the part."""
-    empty = ~found.flatten(1).any(dim=1).cpu().numpy()
-    if not empty.any():
-        return None
-    return np.logical_or.reduce([p.region for p, miss in zip(prompts, empty) if miss])
+def regions_sam_missed(mask: np.ndarray, prompts: list[PromptSet], min_px: int) -> np.ndarray | None:
+    """The prompted regions that the fused `mask` keeps fewer than `min_px` pixels of (SAM outlined
+    nothing there, or a speck), or None."""
+    missed = [p.region for p in prompts if int((mask & p.region).sum()) < min_px]
+    return np.logical_or.reduce(missed) if missed else None
+
+
+def keep_map_regions(anomaly_map: np.ndarray, scores: np.ndarray, regions: np.ndarray | None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The mask (score > MASK_LEVEL) and scores of a frame, with `regions` judged by the map alone,
+    as `refiner.method: none` would: in the mask, scored at least S_a. For regions the decoder never
+    saw (beyond `max_regions`) and regions it found nothing in: the fused rule alone would drop them
+    (below fuse_weight 0.5 it needs some of SAM's confidence even where S_a = 1), and SAM finding
+    nothing must not pass a part the map failed."""
+    mask = scores > MASK_LEVEL
+    if regions is None:
+        return mask, scores
+    return mask | regions, np.where(regions, np.maximum(scores, anomaly_map), scores).astype(np.float32)
 
 
 def threshold_only(anomaly_map: np.ndarray, cfg: RefinerConfig) -> Refinement:

@@ -21,14 +21,14 @@ merged with weights, then with the CLIP map. Our reading, step by step:
    pixel scores keep SAM's confidence (and equal the binary merge where SAM is sure).
    With `refiner.confine_to_ring`, P_i is zero outside M_i and its ring (as in CPS).
 5. Regions: P = max_i P_i (a pixel belongs to the region most certain of it).
-6. With the CLIP map, the same rule as CPS (`cps.fuse_scores`, with P for σ(L)):
+6. With the CLIP map, the same rule as CPS (`fuse.fuse_probabilities`, with P for σ(L)):
    score = w·S_a + (1 − w)·P, w = `refiner.fuse_weight`; mask = score > 0.5
-   (`cps.MASK_LEVEL`). Per-level masks (union over regions, σ(L) > 0.5) and
+   (`base.MASK_LEVEL`). Per-level masks (union over regions, σ(L) > 0.5) and
    the merged one are kept in `Refinement.stage_masks` for inspection.
 
-No region above θ: no decoder pass, an empty mask, score = w·S_a. A region whose merged
-mask P_i has no pixel above 0.5 (SAM outlined nothing) keeps the thresholded map: P = 1
-there, as in CPS (`fuse.regions_sam_missed`).
+No region above θ: no decoder pass, an empty mask, score = w·S_a. A region the fused mask
+keeps fewer than `min_region_px` pixels of (SAM outlined nothing there, or a speck) is
+judged by the map alone, as in CPS (`fuse.keep_map_regions`).
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ from ..models.features import SamEmbedding
 from ..models.sam import SamModel
 from ..timing import Stopwatch
 from .base import MASK_LEVEL, Refinement
-from .fuse import regions_sam_missed
+from .fuse import fuse_probabilities, keep_map_regions, regions_sam_missed
 from .ppg import PromptSet, batch_points, extreme_regions, grown_boxes, mask_box, ring_mask, spaced_extremes
 
 LEVELS = ("level1", "level2", "level3")
@@ -103,11 +103,9 @@ def refine_mmr(anomaly_map: np.ndarray, embedding: SamEmbedding, sam: SamModel,
             levels = levels * allowed[:, None]
     with watch.stage("fuse"):
         merged = per_region.max(dim=0).values.cpu().numpy()
-        missed = regions_sam_missed(per_region > 0.5, prompts)
-        if missed is not None:   # SAM outlined nothing there: the thresholded map stands (P = 1)
-            merged = np.where(missed, 1.0, merged).astype(np.float32)
-        scores = (cfg.fuse_weight * anomaly_map + (1.0 - cfg.fuse_weight) * merged).astype(np.float32)
+        fused = fuse_probabilities(anomaly_map, merged, cfg.fuse_weight)
+        mask, scores = keep_map_regions(anomaly_map, fused,
+                                        regions_sam_missed(fused > MASK_LEVEL, prompts, cfg.min_region_px))
         stage_masks = {name: (levels[:, k] > 0.5).any(dim=0).cpu().numpy() for k, name in enumerate(LEVELS)}
         stage_masks["merged"] = merged > 0.5
-    return Refinement(mask=scores > MASK_LEVEL, pixel_scores=scores, prompts=prompts,
-                      stage_masks=stage_masks, boxes=boxes)
+    return Refinement(mask=mask, pixel_scores=scores, prompts=prompts, stage_masks=stage_masks, boxes=boxes)
