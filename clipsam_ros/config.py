@@ -224,8 +224,9 @@ class LocalizerConfig:
     temperature: float = key(0.07, "CLIP softmax temperature", range=(1e-4, 10.0))
     window: int = key(30, "stream: frames in the rolling memory of normal-looking parts", range=(2, 10_000),
                       reload=True)
+    # at least 2: a frame's calibration level is its distance to the other frames of the memory
     warmup_frames: int = key(10, "stream: frames the memory needs before a verdict (before: error)",
-                             range=(1, 10_000), reload=True)
+                             range=(2, 10_000), reload=True)
     stream_quantile: float = key(0.3, "stream: a patch's score is this quantile of its nearest distances "
                                       "to the window's frames", range=(0.0, 1.0))
     stream_skip_defective: bool = key(True, "stream: frames whose map reaches refiner.threshold stay out "

@@ -102,6 +102,29 @@ def test_memory_round_trips_and_a_mismatched_file_is_refused(frames, lite0, tmp_
     assert load_memory(path, "sam:lite_medsam layers sam", 8)
 
 
+def test_a_memory_without_calibration_is_calibrated_not_judged_against_a_made_up_level(frames, lite0):
+    """Levels are NaN until calibrated; a restored memory saved before that (or by an older
+    version) is calibrated on its first judged frame, never scored against a stand-in of 1.0."""
+    from clipsam_ros.config import ConfigError, set_value
+
+    good, stained = frames
+    cfg = stream_cfg()
+    loc = StreamLocalizer(cfg.localizer, lite0, cfg.refiner, "test")
+    for feats in good[:4]:
+        with pytest.raises(StreamWarmUp):
+            run(loc, feats)
+    calibrated = [m.level for m in loc.memory(0)]
+    reference = run(loc, stained[0])
+    fresh = StreamLocalizer(cfg.localizer, lite0, cfg.refiner, "test")
+    fresh.memories[0] = type(loc.memory(0))(
+        [type(m)(m.grid, float("nan")) for m in loc.memory(0)][:4], maxlen=cfg.localizer.window)
+    assert run(fresh, stained[0]) == pytest.approx(reference)
+    assert [m.level for m in fresh.memory(0)] == pytest.approx(calibrated)
+    # one frame has no other to be calibrated against: a warm-up of one frame is refused
+    with pytest.raises(ConfigError, match="localizer.warmup_frames"):
+        set_value(Config(), "localizer.warmup_frames", "1")
+
+
 @pytest.mark.slow   # whole frames through the real models
 def test_inspector_answers_warm_up_with_a_rejected_error_and_its_own_warm_up_learns_nothing(lite_sam):
     cfg = stream_cfg()

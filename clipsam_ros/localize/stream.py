@@ -123,6 +123,12 @@ class StreamLocalizer:
         frames = torch.stack([m.grid for m in memory]).to(query.device)
         raw = robust_score(per_frame_distances(query, frames, self.cfg.spatial_radius), self.cfg.stream_quantile)
         normal = normal_distance(memory)
+        if normal is None:                  # a restored memory saved before its calibration
+            calibrate(list(memory), self.cfg)
+            normal = normal_distance(memory)
+        if normal is None:
+            raise StreamWarmUp(f"stream warm-up: camera {camera}'s memory has no calibrated frame; "
+                               "set localizer.reference_dir to seed it, or delete localizer.memory")
         ratio = raw / (normal * self.cfg.distance_scale)
         score = ratio.clamp(0, 1)
         # the map's verdict, not the image score's squashing, decides what is defective
@@ -156,9 +162,10 @@ def calibrate(frames: list[Remembered], cfg: LocalizerConfig) -> None:
             frame.level = float(torch.quantile(raw.flatten(), _QUANTILE))
 
 
-def normal_distance(memory: deque[Remembered]) -> float:
+def normal_distance(memory: deque[Remembered]) -> float | None:
+    """The median calibration level of the memory's frames; None while no frame has one."""
     levels = [m.level for m in memory if not math.isnan(m.level)]
-    return max(float(np.median(levels)) if levels else 1.0, 1e-6)
+    return max(float(np.median(levels)), 1e-6) if levels else None
 
 
 def save_memory(memories: dict[int, deque[Remembered]], path: str | Path, source: str) -> None:
