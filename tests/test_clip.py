@@ -305,3 +305,25 @@ def test_openai_tag_forces_quick_gelu(monkeypatch):
     with pytest.raises(ClipLoadError, match="openai"):
         build_clip(ClipConfig(model=MODEL, pretrained="openai"), torch.device("cpu"))
     assert seen["pretrained"] == "openai" and seen.get("force_quick_gelu") is True
+
+
+def test_the_localizer_clip_is_built_alike_wherever_it_is_built():
+    """`clipsam-ros export`, training and the localizer all build the CLIP through
+    `build_localizer_clip`: seeded, so a random-init tower (the weights' digest names the export)
+    is the same whatever was drawn before; the CLIP-free methods get none."""
+    from clipsam_ros.config import Config
+    from clipsam_ros.localize import build_localizer_clip
+
+    cfg = Config()
+    cfg.clip = ClipConfig(model=MODEL, pretrained="none", image_size=SIZE, layers=LAYERS)
+    cfg.localizer.method = "clip_zero_shot"
+    first = build_localizer_clip(cfg, torch.device("cpu"))
+    torch.manual_seed(1234)
+    again = build_localizer_clip(cfg, torch.device("cpu"))
+    assert first is not None and again is not None and first.token_path == "vv"
+    assert first.export_spec().source_sha256 == again.export_spec().source_sha256
+    cfg.localizer.method = "umci"
+    heads = build_localizer_clip(cfg, torch.device("cpu"))
+    assert heads is not None and heads.token_path == "residual"
+    cfg.localizer.method = "reference"
+    assert build_localizer_clip(cfg, torch.device("cpu")) is None

@@ -13,6 +13,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     from ..config import set_value
+    from ..localize import build_localizer_clip
     from ..models.backbone import BackboneModel
     from ..models.export import write_export
     from ..models.sam import build_sam, checkpoint_path, sam_export_specs
@@ -27,16 +28,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     if cfg.localizer.backbone != "sam":
         specs.append(BackboneModel(cfg.localizer.backbone, cpu, cfg.localizer.backbone_size,
                                    layers=cfg.localizer.backbone_layers).export_spec())
-    # the CLIP the localizer builds (localize/__init__.py): zero-shot on the vv token path, the
-    # trained heads on the residual one (seeded, so a random-init CLIP matches at inference)
-    if cfg.localizer.method == "clip_zero_shot":
-        from ..models.clip import build_clip
-
-        specs.append(build_clip(cfg.clip, cpu, cache_dir=cfg.weights.cache_dir or None).export_spec())
-    elif cfg.localizer.method in ("clip_adapter", "umci"):
-        from ..localize import build_heads_clip
-
-        specs.append(build_heads_clip(cfg, cpu).export_spec())
+    # the CLIP the localizer runs, built as the localizer builds it (seeded: a random-init CLIP
+    # exported here is the one it runs)
+    clip = build_localizer_clip(cfg, cpu)
+    if clip is not None:
+        specs.append(clip.export_spec())
     out = Path(args.out).expanduser()
     manifest = write_export(specs, out)
     for network, entry in manifest["networks"].items():

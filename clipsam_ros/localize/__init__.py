@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # torch, open_clip and SAM load when a localizer is built, no
     from ..models.clip import ClipEncoder
     from ..models.sam import SamModel
 
-__all__ = ["AnomalyEstimate", "Localizer", "LOCALIZERS", "build_localizer", "build_heads_clip"]
+__all__ = ["AnomalyEstimate", "Localizer", "LOCALIZERS", "build_localizer", "build_localizer_clip", "build_heads_clip"]
 
 # the methods that cannot start without normal images (a folder, a saved bank or `references`)
 NEEDS_REFERENCES = frozenset({"reference"})
@@ -116,14 +116,27 @@ def _stream(cfg: Config, sam: SamModel, device: torch.device, references: Sequen
     return StreamLocalizer(loc, backbone, cfg.refiner, source, seed)
 
 
-def build_heads_clip(cfg: Config, device: torch.device) -> ClipEncoder:
-    """The frozen residual-path CLIP that trained heads (clip_adapter, umci) sit on.
+# the CLIP token path each CLIP localizer reads: zero-shot the value-value path, trained heads
+# the residual one
+CLIP_TOKEN_PATHS: dict[str, str] = {"clip_zero_shot": "vv", "clip_adapter": "residual", "umci": "residual"}
 
-    Built under a fixed seed (the global RNG is left as it was): with
-    clip.pretrained=none the random-init CLIP then is the same in `clipsam-ros
-    train` and at inference, whatever was built before it; real weights
-    overwrite every parameter, so for them the seed changes nothing.
-    """
+
+def build_localizer_clip(cfg: Config, device: torch.device) -> ClipEncoder | None:
+    """The frozen CLIP `localizer.method` runs on each frame (None: it runs none), as the
+    localizer, `clipsam-ros train` and `clipsam-ros export` all build it."""
+    token_path = CLIP_TOKEN_PATHS.get(cfg.localizer.method)
+    return None if token_path is None else _seeded_clip(cfg, device, token_path)
+
+
+def build_heads_clip(cfg: Config, device: torch.device) -> ClipEncoder:
+    """The frozen residual-path CLIP that trained heads (clip_adapter, umci) sit on."""
+    return _seeded_clip(cfg, device, CLIP_TOKEN_PATHS["clip_adapter"])
+
+
+def _seeded_clip(cfg: Config, device: torch.device, token_path: str) -> ClipEncoder:
+    """Built under a fixed seed (the global RNG is left as it was): with clip.pretrained=none the
+    random-init CLIP then is the same in training, export and inference, whatever was built
+    before it; real weights overwrite every parameter, so for them the seed changes nothing."""
     import torch
 
     from ..models.accel import AccelSettings
@@ -131,21 +144,20 @@ def build_heads_clip(cfg: Config, device: torch.device) -> ClipEncoder:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return build_clip(cfg.clip, device, precision=cfg.precision, token_path="residual",
+        return build_clip(cfg.clip, device, precision=cfg.precision, token_path=token_path,
                           cache_dir=cfg.weights.cache_dir or None, accel=AccelSettings.from_config(cfg, device))
 
 
 def _clip_zero_shot(cfg: Config, sam: SamModel, device: torch.device, references, progress: bool) -> Localizer:
-    from ..models.accel import AccelSettings
-    from ..models.clip import build_clip, on_backend
+    from ..models.clip import on_backend
     from .clip_zero_shot import ClipZeroShotLocalizer
 
-    encoder = on_backend(build_clip(cfg.clip, device, precision=cfg.precision, cache_dir=cfg.weights.cache_dir or None,
-                                    accel=AccelSettings.from_config(cfg, device)), cfg)
-    return ClipZeroShotLocalizer(encoder, cfg.localizer)
+    encoder = _seeded_clip(cfg, device, CLIP_TOKEN_PATHS["clip_zero_shot"])
+    return ClipZeroShotLocalizer(on_backend(encoder, cfg), cfg.localizer)
 
 
 def _trained_heads(cfg: Config, sam: SamModel, device: torch.device, references, progress: bool) -> Localizer:
+    from ..models.clip import on_backend
     from .clip_adapter import ClipAdapterLocalizer
     from .umci import UmciLocalizer, checkpoint_method
 
@@ -155,9 +167,7 @@ def _trained_heads(cfg: Config, sam: SamModel, device: torch.device, references,
     if held is not None and held != method:
         raise ConfigError(f"localizer.checkpoint={cfg.localizer.checkpoint} holds {held} heads but "
                           f"localizer.method={method}; set localizer.method={held} or use a {method} checkpoint")
-    kind = UmciLocalizer if method == "umci" else ClipAdapterLocalizer
-    from ..models.clip import on_backend
-
+    kind = {"umci": UmciLocalizer, "clip_adapter": ClipAdapterLocalizer}[method]
     return kind.from_checkpoint(on_backend(build_heads_clip(cfg, device), cfg), cfg.localizer)
 
 
