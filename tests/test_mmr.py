@@ -168,3 +168,14 @@ def test_merge_weights_config(value, ok):
     with pytest.raises(ConfigError) as err:
         load(None, [f"refiner.mmr_weights={value}"])
     assert "refiner.mmr_weights" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_plateau_is_prompted_at_its_centre_as_ppg_does():
+    """A map clipped at 1 is flat over the region: the point goes to its most central pixels (the
+    ridge of its distance transform, 30 px from the long sides), not to the first pixel in raster
+    order (the region's corner, 0 px from two sides)."""
+    amap = np.zeros((240, 320), np.float32)
+    amap[100:160, 80:200] = 1.0
+    (prompt,) = mmr_prompts(amap, dataclasses.replace(MMR, num_positive=1))
+    x, y = prompt.positive[0]
+    assert abs(y - 129.5) <= 1 and 105 <= x <= 175, (x, y)

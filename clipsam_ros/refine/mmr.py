@@ -8,9 +8,10 @@ merged with weights, then with the CLIP map. Our reading, step by step:
    at least `refiner.min_region_px` large (`ppg.extreme_regions`, shared with CPS).
 2. Prompts per region (one batch row each): the top-`num_positive` points of
    S_a inside M_i, `point_spacing_px` apart (`ppg.spaced_extremes`: CLIP's
-   most certain pixels), and the bounding box of M_i grown by `box_margin_px`
-   (`ppg.mask_box`). No negative points: MMR's prompts carry CLIP's position
-   only; PPG's co-feature negatives belong to CPS.
+   most certain pixels; on a plateau, the most central ones, as PPG picks them),
+   and the bounding box of M_i grown by `box_margin_px` (`ppg.mask_box`). No
+   negative points: MMR's prompts carry CLIP's position only; PPG's co-feature
+   negatives belong to CPS.
 3. ONE decoder pass for all regions with `multimask=True`: SAM's three mask
    tokens, for SAM roughly sub-part / part / whole, in decoder order: the
    "hierarchical levels".
@@ -41,7 +42,16 @@ from ..models.sam import SamModel
 from ..timing import Stopwatch
 from .base import MASK_LEVEL, Refinement
 from .fuse import fuse_probabilities, keep_map_regions, regions_sam_missed
-from .ppg import PromptSet, batch_points, extreme_regions, grown_boxes, mask_box, ring_mask, spaced_extremes
+from .ppg import (
+    PromptSet,
+    batch_points,
+    central_first,
+    extreme_regions,
+    grown_boxes,
+    mask_box,
+    ring_mask,
+    spaced_extremes,
+)
 
 LEVELS = ("level1", "level2", "level3")
 
@@ -53,7 +63,8 @@ def mmr_prompts(anomaly_map: np.ndarray, cfg: RefinerConfig) -> list[PromptSet]:
         return []
     all_regions = np.logical_or.reduce(regions)
     none = np.zeros((0, 2), np.float32)
-    return [PromptSet(positive=spaced_extremes(anomaly_map, region, cfg.num_positive, cfg.point_spacing_px),
+    return [PromptSet(positive=spaced_extremes(central_first(anomaly_map, region), region, cfg.num_positive,
+                                               cfg.point_spacing_px),
                       negative=none, region=region,
                       ring=ring_mask(region, all_regions, cfg.dilation_shape, cfg.dilation_size))
             for region in regions]
