@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -47,10 +48,20 @@ def test_latest_queue_replaces_the_waiting_frame_and_hands_it_back():
 
 
 def test_all_queue_refuses_what_does_not_fit_and_keeps_order():
+    """A refused frame keeps its place, to be answered "error" in its turn: answers leave in the
+    order the frames came (`~/reject` has no stamp), and it keeps only its header."""
     q = FrameQueue("all", size=2)
-    assert [q.offer(frame(i)).accepted for i in (1, 2, 3)] == [True, True, False]
+    offers = [q.offer(frame(i)) for i in (1, 2, 3)]
+    assert [o.accepted for o in offers] == [True, True, False] and offers[2].refused
     assert q.offer(frame(4)).dropped is None
     assert [q.get_batch(0.0, timeout=0)[0].seq for _ in range(2)] == [1, 2]
+    assert q.offer(frame(5)).accepted               # room again: 3 and 4 were refused, 5 waits
+    got = [q.get_batch(0.0, timeout=0)[0] for _ in range(3)]
+    assert [(f.seq, bool(f.refused)) for f in got] == [(3, True), (4, True), (5, False)]
+    assert "queue full (2 frames waiting" in got[0].refused
+    big = Frame(msg=SimpleNamespace(header="h", data=b"x" * 1000), received=0.0, seq=9)
+    q.offer(frame(10)), q.offer(frame(11))
+    assert q.offer(big).refused and big.msg.header == "h" and not hasattr(big.msg, "data")
 
 
 def test_closing_wakes_the_consumer_and_returns_what_waited():

@@ -3,8 +3,10 @@
 `latest` (continuous video) holds one frame: a newer frame replaces a waiting one,
 and the replaced frame is handed back so it can be counted as dropped.
 `all` (triggered cameras) holds up to `size` frames in arrival order: a frame that
-does not fit is refused, so the caller can answer it with an "error" verdict at
-once instead of letting it vanish.
+does not fit is refused, but still takes its place in the line (`Frame.refused`), so
+the consumer answers it with an "error" verdict in its turn: a camera's answers leave
+in the order its frames came, and `~/reject`, which has no stamp, pairs with parts by
+order. A refused frame costs no inference and keeps nothing but its header.
 
 With several cameras each has its own line of that kind, so a fast camera never
 pushes out a slow one's frame; `get_batch` hands the consumer the oldest frame of
@@ -29,12 +31,21 @@ class Frame:
     seq: int               # arrival number, 1-based
     camera: int = 0        # index into input.image_topics (0 with a single camera)
     answered: bool = False # its one verdict has been counted
+    refused: str = ""      # why it waits only to be answered "error" in its turn (queue full)
 
 
 @dataclass
 class Offer:
     accepted: bool                 # the new frame is waiting for inference
     dropped: Frame | None = None   # an older frame it pushed out (latest policy)
+    refused: bool = False          # it waits to be answered "error" in its turn (all policy, full)
+
+
+@dataclass
+class HeaderOnly:
+    """What a refused frame keeps of its message: the header its answer carries."""
+
+    header: Any
 
 
 class FrameQueue:
@@ -58,9 +69,13 @@ class FrameQueue:
                 return Offer(accepted=False)
             line = self._lines[frame.camera]
             dropped = None
-            if len(line) >= self.capacity:
+            if sum(not f.refused for f in line) >= self.capacity:
                 if self.policy == "all":
-                    return Offer(accepted=False)
+                    frame.refused = f"queue full ({self.capacity} frames waiting, queue_policy all)"
+                    frame.msg = HeaderOnly(frame.msg.header) if frame.msg is not None else None
+                    line.append(frame)
+                    self._cond.notify()
+                    return Offer(accepted=False, refused=True)
                 dropped = line.popleft()
             line.append(frame)
             self._cond.notify()

@@ -240,12 +240,19 @@ class InspectorNode(LifecycleNode):
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
+    def lifecycle_state(self) -> str:
+        """The lifecycle state's label: unconfigured, inactive, active or finalized."""
+        return self._state_machine.current_state[1]
+
     def _release(self) -> None:
         """Undo configure: subscriptions, publishers, the models. A frame still in inference
         (close() stopped waiting for it) finishes first: it needs the publishers and the stats."""
         if self._worker is not None and self._worker.is_alive():
             self.get_logger().warning("waiting for the frame in inference before freeing the models")
-            self._worker.join()
+            self._worker.join(SHUTDOWN_WAIT_S)
+            if self._worker.is_alive():     # a hung inference must not hold the process forever
+                self.get_logger().error(f"the frame in inference did not finish within {SHUTDOWN_WAIT_S:.0f} s; "
+                                        "freeing the models anyway")
         if self.inspector is not None:
             try:
                 self.inspector.close()
@@ -327,12 +334,8 @@ class InspectorNode(LifecycleNode):
         offer = self.queue.offer(frame)
         if offer.dropped is not None:
             self.stats.dropped()
-        if not offer.accepted:
-            if self.queue.closed:
-                self._answer_error(frame, "shutdown", "the node is shutting down")
-            else:
-                self._answer_error(frame, "overflow",
-                                   f"queue full ({self.queue.capacity} frames waiting, queue_policy all)")
+        if not offer.accepted and not offer.refused:     # closed (a refused frame is answered in its turn)
+            self._answer_error(frame, "shutdown", "the node is shutting down")
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         """Validate live changes with config's rules; accepted ones apply from the next frame."""
@@ -424,6 +427,9 @@ class InspectorNode(LifecycleNode):
         t0 = time.perf_counter()
         decoded: list[tuple[Frame, np.ndarray]] = []
         for frame in frames:
+            if frame.refused:
+                self._answer_error(frame, "overflow", frame.refused)
+                continue
             rgb, why = decode_frame(self._decode, frame.msg)
             if rgb is None:
                 self._answer_error(frame, "decode", why)
@@ -501,36 +507,44 @@ class InspectorNode(LifecycleNode):
     # ------------------------------------------------------------ shutdown
 
     def close(self, timeout_s: float = SHUTDOWN_WAIT_S) -> None:
-        """Stop taking frames, let the frame being inspected finish, answer the rest
+        """Stop taking frames, let the frame being inspected finish, then answer the rest
         (deactivate, shutdown, destroy_node).
 
         Under `all`, frames still waiting get an "error" verdict (a triggered part must
-        not pass uninspected); under `latest` they are counted as dropped.
+        not pass uninspected), after the frame in inference, so answers keep the frames'
+        order; under `latest` they are counted as dropped.
         """
         if self._closed:
             return
         self._active = False
         self._closed = True
-        for frame in self.queue.close():
-            if self.queue.policy == "all":
+        waiting = self.queue.close()
+        self._worker.join(timeout_s)
+        if self._worker.is_alive():
+            self.get_logger().error(f"the frame being inspected did not finish within {timeout_s:.0f} s; "
+                                    f"the {len(waiting)} frame(s) waiting are answered before it")
+        for frame in waiting:
+            if frame.refused:
+                self._answer_error(frame, "overflow", frame.refused)
+            elif self.queue.policy == "all":
                 self._answer_error(frame, "shutdown", "the node shut down before this frame was inspected")
             else:
                 self.stats.dropped()
-        self._worker.join(timeout_s)
-        if self._worker.is_alive():
-            self.get_logger().error(f"the frame being inspected did not finish within {timeout_s:.0f} s")
 
     def destroy_node(self) -> None:
         self.close()
         super().destroy_node()
 
 
-def configure_and_activate(node: InspectorNode) -> InspectorNode:
-    """Bring `node` to active (what `clipsam-ros node` does without a lifecycle manager).
+def configure_and_activate(node: InspectorNode, stop: threading.Event | None = None) -> InspectorNode:
+    """Bring `node` to active (what `clipsam-ros node` does without a lifecycle manager); a
+    `stop` set while configuring (SIGTERM during a long model load) leaves it inactive.
 
     Raises ClipsamError with configure's one line when a transition fails."""
     if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
         raise ClipsamError(node.configure_error or "configure failed")
+    if stop is not None and stop.is_set():
+        return node
     if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
         raise ClipsamError("activate failed")
     return node
@@ -556,14 +570,17 @@ def run(parameter_overrides=None, args: list[str] | None = None,
         node = InspectorNode(inspector_factory, parameter_overrides=parameter_overrides or [])
         if not managed:
             node.log_configure_errors = False     # main() prints the one line and exits 1
-            configure_and_activate(node)
+            configure_and_activate(node, stop)
             node.log_configure_errors = True
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         while not stop.is_set():
             executor.spin_once(timeout_sec=0.1)
         node.get_logger().info("shutting down")
-        node.trigger_shutdown()   # from any state: in-flight frame answered, models freed
+        # from any state (in-flight frame answered, models freed); a lifecycle manager may
+        # have finalized the node already
+        if node.lifecycle_state() != "finalized":
+            node.trigger_shutdown()
         executor.remove_node(node)
     finally:
         if node is not None:
