@@ -323,6 +323,44 @@ def test_cli_export_writes_a_folder_the_config_can_name(offline_cfg, cache, tmp_
                   CPU)
 
 
+_SIGNAL_AFTER_FREEING = """
+import gc, os, signal, sys, threading, time
+import torch
+from test_backends import Tiny
+from clipsam_ros.models.backends import BACKENDS
+from clipsam_ros.models.export import ExportSpec, ensure_export
+
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
+nets = []
+for variant in ("a", "b"):
+    spec = ExportSpec(network="tiny", module=Tiny().eval(), sample=torch.zeros(1, 3, 8, 8), source_sha256="0" * 64,
+                      config={"v": variant})
+    nets.append(BACKENDS["openvino"].load(ensure_export(spec, cache_dir=sys.argv[1]), torch.device("cpu"), "fp32"))
+    nets[-1](torch.zeros(1, 3, 8, 8))
+del nets[0]; gc.collect()      # freed in the order they were made, as a node's cleanup does
+del nets[0]; gc.collect()
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(0.2)
+print("handled" if stop.is_set() else "not handled")
+"""
+
+
+@pytest.mark.slow   # a subprocess: the crash it guards against would take pytest down with it
+def test_a_signal_after_openvino_nets_are_freed_is_handled(tmp_path):
+    """Compiling sets an alternate signal stack on the thread; with a Core per net, freeing them
+    left it pointing at freed memory and the next SIGTERM (a lifecycle manager's shutdown, then
+    the service stopping the process) was a SIGSEGV. One Core per process."""
+    import subprocess
+    import sys
+
+    _skip_unless_offered("openvino", "fp32")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.getcwd()]))
+    done = subprocess.run([sys.executable, "-c", _SIGNAL_AFTER_FREEING, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "handled", (done.returncode, done.stderr[-2000:])
+
+
 def test_a_compiled_net_shared_by_threads_answers_every_call():
     """One model may serve several inspectors or threads (the node's worker, a test, another
     camera's node): each backend takes concurrent calls, as a torch module does."""

@@ -136,11 +136,20 @@ def _ort_providers() -> tuple[str, ...]:
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 
 
+@lru_cache(maxsize=1)
+def _ov_core():
+    """One OpenVINO Core for the process, as OpenVINO recommends. Compiling sets an alternate signal
+    stack on the calling thread, which a Core restores when it goes; Cores freed in another order
+    than made (the encoder's before the decoder's, when a node is cleaned up) left it pointing at
+    freed memory, and the next SIGTERM crashed the process (SIGSEGV)."""
+    import openvino as ov
+
+    return ov.Core()
+
+
 class OpenVinoNet:
     def __init__(self, path: Path, precision: str, device: torch.device):
-        import openvino as ov
-
-        core = ov.Core()
+        core = _ov_core()
         model = core.read_model(str(path))
         self.compiled = core.compile_model(model, "CPU", {
             # explicit: OpenVINO's default on a BF16 CPU is bf16, which changes numbers silently
