@@ -251,3 +251,20 @@ def test_node_overrides_from_a_file_are_complete_and_set_only_its_keys():
     assert full["sam.variant"] == "lite_medsam" and full["refiner.box_peak_share"] == 0.8
     only = config_overrides(None, ["refiner.threshold=0.6"])
     assert [(p.name, p.value) for p in only] == [("refiner.threshold", 0.6)]
+
+
+def test_config_takes_the_sections_of_the_namespace_the_ros_args_give(tmp_path):
+    """`clipsam_inspector --config plant.yaml --ros-args -r __ns:=/line3` reads line3's section,
+    never line4's, as ROS itself matches a params file."""
+    from clipsam_ros.ros.node import ros_namespace
+
+    plant = tmp_path / "plant.yaml"
+    plant.write_text("/line3/clipsam_inspector:\n  ros__parameters:\n    refiner:\n      threshold: 0.6\n"
+                     "/line4/clipsam_inspector:\n  ros__parameters:\n    refiner:\n      threshold: 0.7\n")
+    assert ros_namespace(["n", "--config", "x", "--ros-args", "-r", "image:=/cam", "-r", "__ns:=/line3"]) == "/line3"
+    assert ros_namespace(["n", "--ros-args", "--remap", "clipsam_inspector:__ns:=/line4"]) == "/line4"
+    assert ros_namespace(["n", "--ros-args", "-r", "other_node:__ns:=/x"]) == ""
+    assert ros_namespace(["n", "-r", "__ns:=/not_ros_args"]) == ""
+    for line, threshold in (("/line3", 0.6), ("/line4", 0.7)):
+        got = {p.name: p.value for p in config_overrides(str(plant), [], line)}
+        assert got["refiner.threshold"] == threshold

@@ -591,12 +591,29 @@ def run(parameter_overrides=None, args: list[str] | None = None,
     return 0
 
 
-def config_overrides(path: str | None, sets: list[str]):
-    """Parameter overrides from `--config` / `--set`: a file gives every key, `--set` only its own."""
-    cfg = load(path, sets)  # validates; ConfigError names the key
+def config_overrides(path: str | None, sets: list[str], namespace: str | None = None):
+    """Parameter overrides from `--config` / `--set`: a file gives every key (from its sections for
+    this node in `namespace`), `--set` only its own."""
+    cfg = load(path, sets, namespace)  # validates; ConfigError names the key
     if path:
         return overrides_from_config(cfg)
     return overrides_from_config(cfg, [item.split("=", 1)[0].strip() for item in sets])
+
+
+def ros_namespace(argv: list[str]) -> str:
+    """The namespace the ROS arguments give this node (`-r __ns:=/line3`, or
+    `-r clipsam_inspector:__ns:=/line3`); '' when none."""
+    namespace, in_ros_args = "", False
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "--ros-args":
+            in_ros_args = True
+        elif flag == "--":
+            in_ros_args = False
+        elif in_ros_args and flag in ("-r", "--remap"):
+            name, _, target = value.partition(":=")
+            if name in ("__ns", f"{NODE_NAME}:__ns"):
+                namespace = target
+    return namespace
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -616,7 +633,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")   # no model hub on a line PC: never wait on one
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return run(config_overrides(args.config, args.overrides), argv, managed=args.managed)
+        # the params file's sections for this node in its namespace, as ROS itself would pick them
+        overrides = config_overrides(args.config, args.overrides, ros_namespace(argv))
+        return run(overrides, argv, managed=args.managed)
     except Exception as exc:  # one line, non-zero exit, like the CLI
         print(f"{NODE_NAME}: error: {one_line(exc)}", file=sys.stderr)
         return 1
