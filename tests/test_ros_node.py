@@ -243,7 +243,7 @@ def test_live_parameter_change_takes_effect_and_bad_values_are_refused(ros, line
         "refiner.threshold": (1.5, "out of range"),                 # rclpy checks the declared range
         "refiner.dilation_shape": ("hexagon", "choose one of"),     # config.py's rules, via the callback
         "refiner.dilation_size": (24, "must be odd"),
-        "device": ("cpu", "while unconfigured"),                    # needs a model reload
+        "device": ("cuda", "while unconfigured"),                   # needs a model reload
         "decision.score_threshold": ("high", "type"),
     }
     for name, (value, words) in refused.items():
@@ -252,6 +252,10 @@ def test_live_parameter_change_takes_effect_and_bad_values_are_refused(ros, line
         assert not result.successful and words in result.reason, (name, result.reason)
         assert line.node.get_parameter(name).value == before
 
+    # a reload key set to the value it has (`ros2 param load` of the node's own dump): accepted
+    results = set_parameters(ros, fqn, {"device": line.node.get_parameter("device").value,
+                                        "sam.variant": line.node.get_parameter("sam.variant").value})
+    assert [r.successful for r in results] == [True, True], [r.reason for r in results]
     (result,) = set_parameters(ros, fqn, {"decision.min_defect_area_px": 10_000_000})
     assert result.successful, result.reason
     try:

@@ -179,8 +179,11 @@ def test_a_verdict_after_the_deadline_is_published_marked_late_and_counted(ros):
     pub.publish(image(FRAME, sec + 60, nanosec))
     wait_until(lambda: len(verdicts) == 2, 10, "frame 2's verdict")
     assert json.loads(verdicts[1].data)["late"] is False
+    pub.publish(image(FRAME, 0, 0))       # a camera that does not stamp: no age, never late
+    wait_until(lambda: len(verdicts) == 3, 10, "frame 3's verdict")
+    assert "late" not in json.loads(verdicts[2].data)
     snap = node.stats.snapshot()
-    assert snap.late == 1 and snap.answered == 2
+    assert snap.late == 1 and snap.answered == 3
     assert dict(diagnostic_values(snap, 0, 1, {}))["verdicts_late"] == "1"
     ros.remove(node)
 

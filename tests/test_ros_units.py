@@ -112,6 +112,19 @@ def test_closing_a_multi_camera_queue_returns_every_waiting_frame_in_arrival_ord
     assert q.get_batch(1.0) is None
 
 
+def test_silence_counts_from_activate_not_from_configure():
+    """Configured at 0 s, activated at 7 s: at 8.5 s the camera has been silent 1.5 s, not 8.5 s."""
+    stats = FrameStats(started=0.0, cameras=2)
+    stats.received(0.5, camera=1)
+    stats.listening(7.0)
+    snap = stats.snapshot(now=8.5)
+    assert snap.camera_silence_s == (1.5, 1.5) and snap.since_last_frame_s == 1.5
+    level, _ = diagnostic_level(None, snap, True, stall_timeout_s=5.0, topics=("/a/image", "/b/image"))
+    assert level == 0
+    stats.received(9.0, camera=0)
+    assert stats.snapshot(now=10.0).camera_silence_s == (1.0, 3.0)
+
+
 def test_one_silent_camera_warns_though_the_others_send():
     stats = FrameStats(started=0.0, cameras=2)
     for t in range(1, 10):

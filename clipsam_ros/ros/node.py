@@ -46,7 +46,7 @@ from rclpy.qos import qos_policy_name_from_kind
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 
-from ..config import NODE_NAME, Config, load, needs_reload, set_value
+from ..config import NODE_NAME, Config, flatten, load, needs_reload, set_value
 from ..decision import Verdict
 from ..errors import ClipsamError, one_line
 from ..imaging.codec import ImageDecodeError, compressed_to_rgb, image_to_rgb
@@ -218,6 +218,7 @@ class InspectorNode(LifecycleNode):
         self._closed = False
         self._worker = threading.Thread(target=self._work, name="clipsam_inference", daemon=True)
         self._worker.start()
+        self.stats.listening(time.monotonic())
         self._active = True
         self.get_logger().info(
             f"ready: inspecting {self._topic_names()} "
@@ -345,7 +346,10 @@ class InspectorNode(LifecycleNode):
         if self.inspector is None:     # unconfigured: `configure` reads and checks the parameters
             reason = check_change(self.cfg, changes)
             return SetParametersResult(successful=not reason, reason=reason)
-        rebuild = sorted(name for name in changes if needs_reload(name))
+        # a key that needs a rebuild may still be "set" to its current value (`ros2 param load`
+        # of the node's own dump): nothing changes, nothing to refuse
+        current = flatten(self.cfg)
+        rebuild = sorted(name for name in changes if needs_reload(name) and plain(changes[name]) != current[name])
         if rebuild:
             return SetParametersResult(successful=False, reason=(
                 f"{', '.join(rebuild)}: {READ_ONLY_NOTE}"))
@@ -470,9 +474,10 @@ class InspectorNode(LifecycleNode):
 
     def _late(self, header) -> bool | None:
         """Whether a verdict published now misses decision.deadline_ms from the frame's stamp
-        (None when no deadline is set). The node's clock: sim time under use_sim_time."""
+        (None when no deadline is set, or the frame has no stamp). The node's clock: sim time
+        under use_sim_time."""
         deadline_ms = self.cfg.decision.deadline_ms
-        if deadline_ms <= 0:
+        if deadline_ms <= 0 or stamp_ns(header) == 0:    # 0: a camera that does not stamp its frames
             return None
         age_ns = self.get_clock().now().nanoseconds - stamp_ns(header)
         return age_ns > deadline_ms * 1e6

@@ -76,6 +76,13 @@ class FrameStats:
         self._latency_ms: deque[float] = deque(maxlen=self.keep)
         self._stage_ms = {s: deque(maxlen=self.keep) for s in STAGES}
 
+    def listening(self, now: float) -> None:
+        """The node starts taking frames (activate): the cameras' silence counts from now, not from
+        configure, so a node activated long after configure is not reported stalled at once."""
+        with self._lock:
+            self._camera_last = [max(last, now) for last in self._camera_last]
+            self._last_arrival = max(self._last_arrival, now)
+
     def received(self, now: float, camera: int = 0) -> int:
         """Count one arriving frame; returns its 1-based arrival number."""
         with self._lock:
