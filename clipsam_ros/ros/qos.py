@@ -20,7 +20,8 @@ def image_subscription_qos(inp: InputConfig) -> QoSProfile:
     reliability = ReliabilityPolicy.RELIABLE if inp.reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
     if inp.queue_policy == "all":
         # triggered cameras: with KEEP_LAST a reliable reader that falls behind overwrites
-        # frames before the node ever sees them; KEEP_ALL makes the writer wait instead
+        # frames before the node ever sees them; KEEP_ALL keeps all it received (a KEEP_LAST
+        # camera writer can still overwrite frames it has not delivered)
         return QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=reliability,
                           durability=DurabilityPolicy.VOLATILE)
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=reliability,
