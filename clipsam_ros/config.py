@@ -187,8 +187,8 @@ class SamConfig:
 
 @dataclass
 class WeightsConfig:
-    cache_dir: str = key("", "download and export cache; empty = $CLIPSAM_ROS_CACHE, else ~/.cache/clipsam_ros",
-                        reload=True)
+    cache_dir: str = key("", "download and export cache; empty = $CLIPSAM_ROS_CACHE, else "
+                             "$XDG_CACHE_HOME/clipsam_ros, else ~/.cache/clipsam_ros", reload=True)
 
 
 @dataclass
@@ -647,6 +647,20 @@ if __name__ == "__main__":
 
 
 # ---------------------------------------------------------------- the shipped profiles
+
+CACHE_ENV = "CLIPSAM_ROS_CACHE"
+
+
+def default_cache_dir(cache_dir: str = "") -> Path:
+    """Where downloads and exports go: `weights.cache_dir`; when empty, $CLIPSAM_ROS_CACHE, else
+    $XDG_CACHE_HOME/clipsam_ros, else ~/.cache/clipsam_ros."""
+    import os
+
+    if not cache_dir:
+        cache_dir = os.environ.get(CACHE_ENV) or str(Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache")
+                                                     / "clipsam_ros")
+    return Path(cache_dir).expanduser()
+
 
 def share_dirs() -> list[Path]:
     """Where the package's shared files (config/, launch/) may be, most specific first."""

@@ -29,7 +29,7 @@ settings.load_profile("long" if LONG else "ci")
 def private_weights_cache(tmp_path_factory: pytest.TempPathFactory):
     """Exports of the tests' random-init networks go to a cache of the session's own (removed
     with it), not the user's ~/.cache/clipsam_ros, where each run would leave another GB."""
-    from clipsam_ros.models.weights import CACHE_ENV
+    from clipsam_ros.config import CACHE_ENV
 
     previous = os.environ.get(CACHE_ENV)
     os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("weights_cache_default"))

@@ -35,8 +35,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ..config import default_cache_dir
 from ..errors import ClipsamError
-from .weights import default_cache_dir, sha256_of
+from .weights import sha256_of
 
 log = logging.getLogger(__name__)
 

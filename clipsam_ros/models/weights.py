@@ -27,6 +27,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..config import default_cache_dir
 from ..errors import ClipsamError
 
 log = logging.getLogger(__name__)
@@ -55,18 +56,6 @@ _USER_AGENT = "clipsam_ros-weights/1"
 
 class WeightError(ClipsamError, RuntimeError):
     """A weight file that cannot be used; str(exc) is ONE line naming the file, the config key and what to do."""
-
-
-CACHE_ENV = "CLIPSAM_ROS_CACHE"
-
-
-def default_cache_dir(cache_dir: str = "") -> Path:
-    """The download cache: `cache_dir`; when empty, $CLIPSAM_ROS_CACHE, else
-    $XDG_CACHE_HOME/clipsam_ros, else ~/.cache/clipsam_ros."""
-    if not cache_dir:
-        cache_dir = os.environ.get(CACHE_ENV) or str(Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache")
-                                                     / "clipsam_ros")
-    return Path(cache_dir).expanduser()
 
 
 def sha256_of(path: Path, chunk: int = _CHUNK) -> str:
