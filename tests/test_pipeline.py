@@ -122,6 +122,30 @@ def test_bank_is_saved_and_reloaded_identically(inspector, offline_cfg, lite_sam
     assert np.array_equal(a, b)
 
 
+def test_a_saved_bank_made_from_other_references_or_coreset_is_refused(inspector, lite_sam, tmp_path):
+    """localizer.bank is reused only for what it was built from: the coreset ratio and the images
+    in localizer.reference_dir (names and sizes); a bank whose folder is gone still loads."""
+    import shutil
+
+    cfg = copy.deepcopy(inspector.cfg)
+    cfg.localizer.coreset_ratio = 0.5
+    with pytest.raises(BankError, match="localizer.coreset_ratio=1, not 0.5; delete it") as info:
+        build_localizer(cfg, lite_sam, torch.device("cpu"), progress=False)
+    assert "\n" not in str(info.value)
+    cfg = copy.deepcopy(inspector.cfg)
+    more = tmp_path / "good"
+    shutil.copytree(cfg.localizer.reference_dir, more)
+    first = sorted(more.iterdir())[0]
+    shutil.copy(first, more / f"extra{first.suffix}")
+    cfg.localizer.reference_dir = str(more)
+    with pytest.raises(BankError, match="built from other images than localizer.reference_dir"):
+        build_localizer(cfg, lite_sam, torch.device("cpu"), progress=False)
+    (more / f"extra{first.suffix}").unlink()                         # the same images again: reused
+    assert build_localizer(cfg, lite_sam, torch.device("cpu"), progress=False).bank.references
+    cfg.localizer.reference_dir = str(tmp_path / "gone")
+    assert build_localizer(cfg, lite_sam, torch.device("cpu"), progress=False).bank.normal_distance > 0
+
+
 def test_reference_without_images_or_bank_is_a_config_error(offline_cfg, lite_sam, tmp_path):
     cfg = copy.deepcopy(offline_cfg)
     with pytest.raises(ConfigError, match="localizer.reference_dir"):

@@ -76,23 +76,44 @@ def _reference(cfg: Config, sam: SamModel, device: torch.device, references: Seq
     `localizer.bank` when that file exists, else from `localizer.reference_dir` (saved to
     `localizer.bank` when that is set)."""
     from ..imaging.files import read_rgb
-    from .reference import ReferenceLocalizer, backbone_id, build_bank, layers_id, list_images, load_bank, save_bank
+    from .reference import (
+        BankError,
+        ReferenceLocalizer,
+        backbone_id,
+        build_bank,
+        layers_id,
+        list_images,
+        load_bank,
+        references_id,
+        save_bank,
+    )
 
     loc = cfg.localizer
     backbone = build_backbone(cfg, device)
     source, layers = backbone_id(loc.backbone, cfg.sam.variant), layers_id(backbone)
     bank_path = Path(loc.bank).expanduser() if loc.bank and references is None else None
     if bank_path is not None and bank_path.exists():
-        bank = load_bank(bank_path, source, layers, loc.spatial_radius, loc.augment_references)
+        # a saved bank built from another set of reference images is refused; one whose folder
+        # is gone (the line PC keeps only the bank) is used as it is
+        try:
+            held = references_id(list_images(loc.reference_dir)) if loc.reference_dir else ""
+        except BankError:
+            held = ""
+        bank = load_bank(bank_path, source, layers, loc.spatial_radius, loc.augment_references, loc.coreset_ratio,
+                         held)
         return ReferenceLocalizer(bank, loc, backbone)
+    folder = None
     if references is None:
         if not loc.reference_dir:
             raise ConfigError("localizer.method=reference needs localizer.reference_dir (a folder of good "
                               "parts) or an existing localizer.bank file")
+        folder = list_images(loc.reference_dir)
         fix = "remove it from localizer.reference_dir"
-        references = [read_rgb(p, fix=fix) for p in list_images(loc.reference_dir)]
+        references = [read_rgb(p, fix=fix) for p in folder]
     bank = build_bank(references, patch_encoder(sam, backbone), source, layers, loc.spatial_radius,
                       loc.coreset_ratio, progress=progress, augment=loc.augment_references)
+    if folder is not None:
+        bank.references = references_id(folder)
     if bank_path is not None:
         save_bank(bank, bank_path)
     return ReferenceLocalizer(bank, loc, backbone)

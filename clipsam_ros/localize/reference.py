@@ -35,6 +35,8 @@ the metadata; a bank made otherwise is refused.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -73,6 +75,8 @@ class MemoryBank:
     spatial_radius: int        # the radius the calibration was made with
     covering_radius: float = 0.0   # Euclidean: every full-bank patch is this close to a kept one
     augment: str = "none"          # localizer.augment_references the bank was built with
+    coreset_ratio: float = 1.0     # localizer.coreset_ratio it was built with
+    references: str = ""           # `references_id` of the localizer.reference_dir images ("": other images)
     # (radius, k) -> neighbour index (see neighbours); built on first use, never saved
     _neighbours: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -86,9 +90,8 @@ class MemoryBank:
         return self._neighbours[(radius, k)]
 
     def to(self, device: torch.device) -> MemoryBank:
-        return MemoryBank(self.patches.to(device), self.positions.to(device), self.sources.to(device),
-                          self.grid, self.normal_distance, self.backbone, self.layers, self.spatial_radius,
-                          self.covering_radius, self.augment)
+        return dataclasses.replace(self, patches=self.patches.to(device), positions=self.positions.to(device),
+                                   sources=self.sources.to(device))
 
 
 # ---------------------------------------------------------------- patch features
@@ -376,7 +379,7 @@ def build_bank(images: Sequence[np.ndarray], encode: Callable[[np.ndarray], torc
                                           drop_self=True).flatten())
     normal_distance = float(torch.quantile(torch.cat(distances), _QUANTILE))
     return MemoryBank(patches.contiguous(), positions, sources, (rows, cols), max(normal_distance, 1e-6),
-                      backbone, layers, spatial_radius, covering, augment)
+                      backbone, layers, spatial_radius, covering, augment, coreset_ratio)
 
 
 def backbone_id(cfg_backbone: str, sam_variant: str) -> str:
@@ -386,6 +389,12 @@ def backbone_id(cfg_backbone: str, sam_variant: str) -> str:
 
 def layers_id(backbone: BackboneModel | None) -> str:
     return "sam" if backbone is None else f"{','.join(map(str, backbone.layers))}@{backbone.size}"
+
+
+def references_id(paths: Sequence[Path]) -> str:
+    """Names and sizes of the reference images, hashed: what a saved bank was built from."""
+    listing = "\n".join(f"{p.name}\t{p.stat().st_size}" for p in sorted(paths))
+    return hashlib.sha256(listing.encode()).hexdigest()[:16]
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -411,7 +420,8 @@ def save_bank(bank: MemoryBank, path: str | Path) -> None:
               metadata={"normal_distance": repr(bank.normal_distance), "backbone": bank.backbone,
                         "layers": bank.layers, "grid": f"{bank.grid[0]},{bank.grid[1]}",
                         "spatial_radius": str(bank.spatial_radius), "covering_radius": repr(bank.covering_radius),
-                        "augment": bank.augment, "padding": PADDING})
+                        "augment": bank.augment, "padding": PADDING, "coreset_ratio": repr(bank.coreset_ratio),
+                        "references": bank.references})
     tmp.replace(path)
 
 
@@ -427,7 +437,10 @@ def stale_padding(held: str | None, backbone: str, what: str, fix: str) -> str |
 
 
 def load_bank(path: str | Path, backbone: str, layers: str, spatial_radius: int,
-              augment: str = "none") -> MemoryBank:
+              augment: str = "none", coreset_ratio: float = 1.0, references: str = "") -> MemoryBank:
+    """The bank saved at `path`, refused in one line when it was made otherwise than asked:
+    another backbone, layers, radius, augmentation or coreset ratio, or (`references` given)
+    other images in localizer.reference_dir. Keys a bank from an older version lacks are not checked."""
     path = Path(path).expanduser()
     try:
         tensors = load_file(str(path))
@@ -439,7 +452,8 @@ def load_bank(path: str | Path, backbone: str, layers: str, spatial_radius: int,
         bank = MemoryBank(tensors["patches"], tensors["positions"], tensors["sources"], (rows, cols),
                           float(meta["normal_distance"]), meta["backbone"], meta["layers"],
                           int(meta["spatial_radius"]), float(meta["covering_radius"]),
-                          meta.get("augment", "none"))   # banks from before augmentation have none
+                          meta.get("augment", "none"),   # banks from before augmentation have none
+                          float(meta.get("coreset_ratio", coreset_ratio)), meta.get("references", ""))
     except Exception as exc:
         raise BankError(f"localizer.bank={str(path)!r} is not a readable memory bank "
                         f"({type(exc).__name__}); delete it to rebuild from localizer.reference_dir") from None
@@ -459,6 +473,12 @@ def load_bank(path: str | Path, backbone: str, layers: str, spatial_radius: int,
     if bank.augment != augment:
         raise BankError(f"localizer.bank={str(path)!r} was built with localizer.augment_references="
                         f"{bank.augment}, not {augment}; delete it to rebuild")
+    if bank.coreset_ratio != coreset_ratio:
+        raise BankError(f"localizer.bank={str(path)!r} was built with localizer.coreset_ratio="
+                        f"{bank.coreset_ratio:g}, not {coreset_ratio:g}; delete it to rebuild")
+    if references and bank.references and bank.references != references:
+        raise BankError(f"localizer.bank={str(path)!r} was built from other images than localizer.reference_dir "
+                        f"holds now; delete it to rebuild from them")
     return bank
 
 
