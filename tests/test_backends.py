@@ -193,7 +193,7 @@ def test_the_export_is_reused_and_a_corrupt_or_stale_one_is_rebuilt(tmp_path):
 def test_the_cache_keeps_the_last_used_exports_of_a_network(tmp_path):
     """Each new key (weights, config, torch) is a new folder: beyond KEEP_PER_NETWORK the least
     recently used go, a reused one counts as used, and other networks are never touched."""
-    from clipsam_ros.models.export import KEEP_PER_NETWORK
+    from clipsam_ros.models.export import KEEP_PER_NETWORK, prune_cache
 
     folders = []
     for n in range(KEEP_PER_NETWORK):
@@ -201,11 +201,18 @@ def test_the_cache_keeps_the_last_used_exports_of_a_network(tmp_path):
         os.utime(folders[-1] / MANIFEST, (1000 + n, 1000 + n))      # v0 used first, v2 last
     neighbour = tmp_path / "exports" / "tiny_encoder_b-0123456789abcdef"   # a network whose name extends ours
     neighbour.mkdir()
+    crashed = tmp_path / "exports" / ".tiny_encoder-0123456789abcdef.part-x1"   # a crashed export's temp folder
+    crashed.mkdir()
+    os.utime(crashed, (1000, 1000))
     ensure_export(_spec(variant="v0"), cache_dir=str(tmp_path))        # v0 reused: now the last used
     newest = ensure_export(_spec(variant="v3"), cache_dir=str(tmp_path)).parent.parent
     left = sorted(p.name for p in (tmp_path / "exports").iterdir())
     assert left == sorted([folders[0].name, folders[2].name, newest.name, neighbour.name])
-    assert not folders[1].exists()
+    assert not folders[1].exists() and not crashed.exists()
+    # what was used within the hour stays, whatever the count: another process may be loading it
+    os.utime(folders[0] / MANIFEST, (1000, 1000))
+    os.utime(folders[2] / MANIFEST, None)
+    assert prune_cache(newest, "tiny_encoder", keep=1) == [folders[0]] and folders[2].exists()
 
 
 def test_a_given_export_dir_that_does_not_match_is_refused_in_one_line(tmp_path):

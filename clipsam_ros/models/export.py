@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -48,6 +49,7 @@ FORMAT = 2
 BATCH = "batch"
 # exports of one network kept in the weights cache (different configs or library versions)
 KEEP_PER_NETWORK = 3
+RECENT_S = 3600.0
 _KEY = re.compile(r"[0-9a-f]{16}")
 
 
@@ -131,18 +133,23 @@ def ensure_export(spec: ExportSpec, export_dir: str = "", cache_dir: str = "") -
     return folder / spec.relative_path
 
 
-def prune_cache(current: Path, network: str, keep: int = KEEP_PER_NETWORK) -> list[Path]:
+def prune_cache(current: Path, network: str, keep: int = KEEP_PER_NETWORK, now: float | None = None) -> list[Path]:
     """Remove the cache's older exports of `network` beyond the `keep` last used (`current`
-    among them); returns what was removed. Each upgrade of torch or of the weights names a new
-    folder, and nothing else would ever delete the old ones."""
+    among them), and temp folders a crashed export left; returns what was removed. Each upgrade
+    of torch or of the weights names a new folder, and nothing else would ever delete the old
+    ones. Nothing used or written within RECENT_S goes: another process may be loading it."""
+    now = time.time() if now is None else now
+
     def last_used(folder: Path) -> float:
         try:
             return (folder / MANIFEST).stat().st_mtime
         except OSError:
-            return 0.0
+            return folder.stat().st_mtime if folder.exists() else 0.0
     siblings = [p for p in current.parent.glob(f"{network}-*")
                 if p.is_dir() and p != current and _KEY.fullmatch(p.name[len(network) + 1:])]
-    stale = sorted(siblings, key=last_used, reverse=True)[max(keep - 1, 0):]
+    leftovers = [p for p in current.parent.glob(f".{network}-*.part-*") if p.is_dir()]
+    stale = [p for p in sorted(siblings, key=last_used, reverse=True)[max(keep - 1, 0):] + leftovers
+             if now - last_used(p) > RECENT_S]
     for folder in stale:
         shutil.rmtree(folder, ignore_errors=True)
         log.info("removed the stale export %s (the %d last used of %s are kept)", folder, keep, network)
