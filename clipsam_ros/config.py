@@ -214,12 +214,12 @@ class LocalizerConfig:
     bank: str = key("", "memory bank file (.safetensors): loaded if present, else built and saved", reload=True)
     bank_max_patches: int = key(20000, "bank cells searched when spatial_radius is -1 (random subsample)",
                                 range=(1, 10_000_000), reload=True)
-    spatial_radius: int = key(1, "reference: compare only with bank cells this many cells away; -1 = anywhere",
+    spatial_radius: int = key(1, "reference and stream: compare only with cells this many cells away; -1 = anywhere",
                               range=(-1, 64), reload=True)
     knn: int = key(1, "neighbours averaged for the reference distance", range=(1, 64))
     # in pixels of the output image
     sigma: float = key(4.0, "Gaussian smoothing of the anomaly map, pixels", range=(0.0, 64.0))
-    distance_scale: float = key(2.0, "reference: anomaly 1.0 at this multiple of the normal kNN distance",
+    distance_scale: float = key(2.0, "reference and stream: anomaly 1.0 at this multiple of the normal kNN distance",
                                 range=(0.1, 100.0))
     temperature: float = key(0.07, "CLIP softmax temperature", range=(1e-4, 10.0))
     window: int = key(30, "stream: frames in the rolling memory of normal-looking parts", range=(2, 10_000),

@@ -175,6 +175,10 @@ class Inspector:
             calls["backbone"] = self.backbone.images_encoded - backbone_before
         return calls
 
+    def _no_calls(self) -> dict[str, int]:
+        """The encoder counts of a frame no encoder ran for: the same keys as an inspected one's."""
+        return {"sam": 0, "clip": 0, **({"backbone": 0} if self.backbone is not None else {})}
+
     def _backbone_images(self) -> int:
         return self.backbone.images_encoded if self.backbone is not None else 0
 
@@ -270,7 +274,7 @@ class Inspector:
                 check_frame(image)
                 good.append(i)
             except ValueError as exc:
-                results[i] = self._failed(image, exc, self._stopwatch(), {"sam": 0, "clip": 0})
+                results[i] = self._failed(image, exc, self._stopwatch(), self._no_calls())
         if not good:
             return _every(results)
         batch = self._stopwatch()
@@ -287,15 +291,14 @@ class Inspector:
                     features = list(self.backbone.encode_batch(frames))
         except Exception as exc:
             for i in good:
-                results[i] = self._failed(images_rgb[i], exc, batch, {"sam": 0, "clip": 0})
+                results[i] = self._failed(images_rgb[i], exc, batch, self._no_calls())
             return _every(results)
         shared = {stage: ms / len(frames) for stage, ms in batch.ms.items()}
         # overlapped encoders: the frame waited their wall time, not the sum of both
         shared_wall = shared["encoders"] + shared.get("backbone", 0.0) if "encoders" in shared \
             else sum(shared.values())
-        calls = {"sam": 1, "clip": int(self.clip_encoder is not None)}
-        if self.backbone is not None:
-            calls["backbone"] = 1
+        calls = {name: 1 for name in self._no_calls()}
+        calls["clip"] = int(self.clip_encoder is not None)
         for i, clip, embedding, feats in zip(good, clips, embeddings, features):
             watch = self._stopwatch()
             try:

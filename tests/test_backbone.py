@@ -159,6 +159,10 @@ def test_the_backbone_runs_once_per_frame_and_is_counted(metal_inspector):
     assert metal_inspector.backbone.encoder_calls - passes == 1
     assert [r.encoder_calls["backbone"] for r in batch] == [1, 1]
     assert batch[0].verdict == batch[1].verdict == result.verdict
+    # a bad frame in a batch: an error with the same keys, no pass counted for it
+    mixed = metal_inspector.inspect_batch([image, image[:0]])
+    assert mixed[1].verdict == "error" and mixed[1].encoder_calls == {"sam": 0, "clip": 0, "backbone": 0}
+    assert mixed[0].encoder_calls == {"sam": 1, "clip": 0, "backbone": 1}
 
 
 def test_a_stain_scores_above_good_parts(metal_inspector):
