@@ -437,10 +437,11 @@ def stale_padding(held: str | None, backbone: str, what: str, fix: str) -> str |
 
 
 def load_bank(path: str | Path, backbone: str, layers: str, spatial_radius: int,
-              augment: str = "none", coreset_ratio: float = 1.0, references: str = "") -> MemoryBank:
+              augment: str = "none", coreset_ratio: float | None = None, references: str = "") -> MemoryBank:
     """The bank saved at `path`, refused in one line when it was made otherwise than asked:
-    another backbone, layers, radius, augmentation or coreset ratio, or (`references` given)
-    other images in localizer.reference_dir. Keys a bank from an older version lacks are not checked."""
+    another backbone, layers, radius or augmentation, another coreset ratio (when one is given),
+    or other images in localizer.reference_dir (when `references` is given). Keys a bank from an
+    older version lacks are not checked."""
     path = Path(path).expanduser()
     try:
         tensors = load_file(str(path))
@@ -453,7 +454,7 @@ def load_bank(path: str | Path, backbone: str, layers: str, spatial_radius: int,
                           float(meta["normal_distance"]), meta["backbone"], meta["layers"],
                           int(meta["spatial_radius"]), float(meta["covering_radius"]),
                           meta.get("augment", "none"),   # banks from before augmentation have none
-                          float(meta.get("coreset_ratio", coreset_ratio)), meta.get("references", ""))
+                          float(meta.get("coreset_ratio", coreset_ratio or 1.0)), meta.get("references", ""))
     except Exception as exc:
         raise BankError(f"localizer.bank={str(path)!r} is not a readable memory bank "
                         f"({type(exc).__name__}); delete it to rebuild from localizer.reference_dir") from None
@@ -473,7 +474,7 @@ def load_bank(path: str | Path, backbone: str, layers: str, spatial_radius: int,
     if bank.augment != augment:
         raise BankError(f"localizer.bank={str(path)!r} was built with localizer.augment_references="
                         f"{bank.augment}, not {augment}; delete it to rebuild")
-    if bank.coreset_ratio != coreset_ratio:
+    if coreset_ratio is not None and "coreset_ratio" in meta and bank.coreset_ratio != coreset_ratio:
         raise BankError(f"localizer.bank={str(path)!r} was built with localizer.coreset_ratio="
                         f"{bank.coreset_ratio:g}, not {coreset_ratio:g}; delete it to rebuild")
     if references and bank.references and bank.references != references:
