@@ -204,7 +204,7 @@ class Inspector:
         and map, then defects and the verdict. Timings and encoder calls are `inspect`'s to add."""
         watch = watch or self._stopwatch()
         refinement = refine(refiner or self.cfg.refiner, analysis.estimate.anomaly_map, analysis.embedding,
-                            self.sam, watch, analysis.estimate.unclipped)
+                            self.sam, watch, analysis.estimate.unclipped, self.cfg.decision.min_defect_area_px)
         # NaN compares False with every threshold: a broken map would find no defect and pass
         for name, values in (("anomaly map", analysis.estimate.anomaly_map), ("pixel scores", refinement.pixel_scores)):
             if not np.isfinite(values).all():

@@ -203,38 +203,45 @@ class BlindSam(RecordingSam):
 
 
 class SpeckSam(RecordingSam):
-    """The real decoder's passes with SAM outlining one pixel (at `where`, x, y) and nothing else."""
+    """The real decoder's passes with SAM outlining a (2·half+1)² square at `where` (x, y) and
+    nothing else."""
 
-    def __init__(self, sam, where: tuple[int, int]):
+    def __init__(self, sam, where: tuple[int, int], half: int = 0):
         super().__init__(sam)
-        self.where = where
+        self.where, self.half = where, half
 
     def decode(self, *args, **kwargs):
         out = super().decode(*args, **kwargs)
         logits = torch.full_like(out.logits, -20.0)
-        logits[..., self.where[1], self.where[0]] = 5.0
+        (x, y), h = self.where, self.half
+        logits[..., y - h:y + h + 1, x - h:x + h + 1] = 5.0
         return dataclasses.replace(out, logits=logits, low_res_logits=torch.full_like(out.low_res_logits, -20.0))
 
 
-@pytest.mark.parametrize("case", ["blind", "speck", "blind, fuse_weight 0.8 and a low threshold"])
-def test_a_region_sam_finds_nothing_in_is_judged_by_the_map(lite_sam, stain, offline_cfg, case):
-    """Whatever fuse_weight and θ, a region SAM outlines nothing (or a speck) in stays in the mask
-    with at least its map score, so the part fails as with `refiner.method: none`."""
+@pytest.mark.parametrize("case", ["blind", "speck", "25 px, under the smallest defect", "blind, a faint map, θ 0.3"])
+def test_a_region_sam_finds_nothing_in_is_judged_as_if_sam_confirmed_it(lite_sam, stain, offline_cfg, case):
+    """A region SAM outlines nothing of, or less than a defect (decision.min_defect_area_px),
+    stays in the mask, scored as SAM's certainty would score it (w·S_a + 1 − w), so the part
+    fails with the default decision wherever SAM outlining the defect would fail it."""
     from clipsam_ros.decision import Verdict, find_defects, verdict_of
 
     _, truth, emb = stain
     amap = coarse_from_truth(truth)
     cfg = offline_cfg.refiner
-    if case.startswith("blind, fuse_weight"):
-        # the fused score of a region at σ(L) = 1 would be 0.8 · S_a + 0.2 < 0.5 where S_a < 0.375
-        amap = (0.36 * amap / amap.max()).astype(np.float32)
-        cfg = dataclasses.replace(cfg, fuse_weight=0.8, threshold=0.3)
+    if case.startswith("blind, a faint map"):
+        # S_a peaks at 0.45: a region by θ 0.3, below the decision's 0.5 on the map alone
+        amap = (0.45 * amap / amap.max()).astype(np.float32)
+        cfg = dataclasses.replace(cfg, threshold=0.3)
     peak = np.unravel_index(int(np.argmax(amap)), amap.shape)
-    sam = SpeckSam(lite_sam, (int(peak[1]), int(peak[0]))) if case == "speck" else BlindSam(lite_sam)
-    result = refine_cps(amap, emb, sam, cfg)
+    where = (int(peak[1]), int(peak[0]))
+    sam = {"speck": SpeckSam(lite_sam, where), "25 px, under the smallest defect": SpeckSam(lite_sam, where, 2)}.get(
+        case, BlindSam(lite_sam))
+    min_defect = offline_cfg.decision.min_defect_area_px
+    assert cfg.min_region_px < 25 < min_defect
+    result = refine_cps(amap, emb, sam, cfg, min_defect_px=min_defect)
     region = amap > cfg.threshold
     assert region.sum() > 1000
     assert result.mask[region].all() and not result.mask[~region].any()
-    assert (result.pixel_scores[region] >= amap[region] - 1e-6).all()
-    decision = dataclasses.replace(offline_cfg.decision, score_threshold=0.3)
-    assert verdict_of(find_defects(result.mask, result.pixel_scores, decision)) == Verdict.FAIL
+    confirmed = cfg.fuse_weight * amap + (1 - cfg.fuse_weight)
+    assert (result.pixel_scores[region] >= confirmed[region] - 1e-6).all()
+    assert verdict_of(find_defects(result.mask, result.pixel_scores, offline_cfg.decision)) == Verdict.FAIL

@@ -141,8 +141,9 @@ def test_a_region_sam_outlines_nothing_keeps_the_map_and_fails_the_part(lite_sam
     cfg = dataclasses.replace(MMR, fuse_weight=0.3)
     result = refine_mmr(amap, emb, BlindSam(lite_sam), cfg)
     peak = np.unravel_index(int(np.argmax(amap)), amap.shape)
-    speck = refine_mmr(amap, emb, SpeckSam(lite_sam, (int(peak[1]), int(peak[0]))), cfg)
+    speck = refine_mmr(amap, emb, SpeckSam(lite_sam, (int(peak[1]), int(peak[0])), 2), cfg, min_defect_px=30)
     np.testing.assert_array_equal(speck.mask, result.mask)
+    assert (result.pixel_scores[amap > cfg.threshold] >= 0.3 * amap[amap > cfg.threshold] + 0.7 - 1e-6).all()
     regions = amap > cfg.threshold
     assert regions.any() and not (cfg.fuse_weight * amap > 0.5).any()
     assert result.mask[regions].all() and not result.mask[~regions].any()

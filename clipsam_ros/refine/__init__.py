@@ -34,9 +34,9 @@ REFINERS: dict[str, Refiner] = {
 
 
 def refine(cfg: RefinerConfig, anomaly_map: np.ndarray, embedding: SamEmbedding, sam: SamModel,
-           watch: Stopwatch | None = None, unclipped: np.ndarray | None = None) -> Refinement:
+           watch: Stopwatch | None = None, unclipped: np.ndarray | None = None, min_defect_px: int = 0) -> Refinement:
     """The refiner `cfg.method` on one frame's cached embedding."""
     refiner = REFINERS.get(cfg.method)
     if refiner is None:
         raise ConfigError(f"refiner.method={cfg.method!r} is not registered (choose one of: {', '.join(REFINERS)})")
-    return refiner(anomaly_map, embedding, sam, cfg, watch or Stopwatch(), unclipped)
+    return refiner(anomaly_map, embedding, sam, cfg, watch or Stopwatch(), unclipped, min_defect_px)

@@ -36,7 +36,9 @@ class Refinement:
 
 class Refiner(Protocol):
     def __call__(self, anomaly_map: np.ndarray, embedding: SamEmbedding, sam: SamModel,
-                 cfg: RefinerConfig, watch: Stopwatch, unclipped: np.ndarray | None = None) -> Refinement:
+                 cfg: RefinerConfig, watch: Stopwatch, unclipped: np.ndarray | None = None,
+                 min_defect_px: int = 0) -> Refinement:
         """The defect mask and pixel scores of one frame from S_a and the cached embedding
-        (`unclipped`: S_a before clipping at 1, where the localizer has it)."""
+        (`unclipped`: S_a before clipping at 1, where the localizer has it; `min_defect_px`: the
+        decision's smallest defect, below which SAM's outline of a region counts as none)."""
         ...

@@ -11,8 +11,8 @@ previous mask came out empty gets its own bounding box as the stage-3 box.
 
 The decoder's cost grows with the number of regions. `refiner.max_regions` caps
 it for a takt time: only the regions with the highest peaks are prompted, and
-every other extreme region is judged by the map alone (`fuse.keep_map_regions`:
-its pixels stay in the mask, S_a > θ, scored at least S_a), so the part still fails.
+every other extreme region is judged as if SAM had confirmed it (`fuse.keep_map_regions`:
+its pixels stay in the mask, S_a > θ, scored at least w·S_a + (1 − w)), so the part still fails.
 
 Pixel scores (for metrics and the image score) fuse the two sources:
     score = w · S_a + (1 − w) · σ(L),   L = max over regions of the final logits,
@@ -36,10 +36,11 @@ masks). Else `box_core_level`: the region's core is where S_a ≥ that level; M2
 kept while at least half of M2 lies in the core, and is united with the core's when M2 is
 empty or mostly outside it — SAM's mask then leaked off the defect or found nothing.
 
-A prompted region the fused mask keeps fewer than `min_region_px` pixels of (SAM outlined
-nothing there, or a speck) is judged by the map alone too, as the regions beyond
-`max_regions` are: with `fuse_weight` < 0.5 a pixel needs some of SAM's confidence even
-where S_a = 1, and SAM finding nothing must not pass a part.
+A prompted region the fused mask keeps fewer pixels of than a defect needs (max of
+`min_region_px` and the decision's `min_defect_area_px`: SAM outlined nothing there, or a
+speck) is judged so too, as the regions beyond `max_regions` are: with `fuse_weight` < 0.5
+a pixel needs some of SAM's confidence even where S_a = 1, and SAM finding nothing must not
+pass a part that SAM outlining the defect would fail.
 """
 from __future__ import annotations
 
@@ -131,7 +132,8 @@ def run_cascade(embedding: SamEmbedding, sam: SamModel, prompts: list[PromptSet]
 
 
 def refine_cps(anomaly_map: np.ndarray, embedding: SamEmbedding, sam: SamModel,
-               cfg: RefinerConfig, watch: Stopwatch | None = None, unclipped: np.ndarray | None = None) -> Refinement:
+               cfg: RefinerConfig, watch: Stopwatch | None = None, unclipped: np.ndarray | None = None,
+               min_defect_px: int = 0) -> Refinement:
     """PPG + CPS on one frame. No region above θ: no prompts, empty mask."""
     watch = watch or Stopwatch()
     with watch.stage("ppg"):
@@ -143,7 +145,7 @@ def refine_cps(anomaly_map: np.ndarray, embedding: SamEmbedding, sam: SamModel,
         logits, stages, boxes = run_cascade(embedding, sam, prompts, cfg)
     with watch.stage("fuse"):
         unprompted = unprompted_regions(anomaly_map, prompts, cfg)
-        judged = {name: judge_stage(anomaly_map, merged_logits(stage), prompts, unprompted, cfg)
+        judged = {name: judge_stage(anomaly_map, merged_logits(stage), prompts, unprompted, cfg, min_defect_px)
                   for name, stage in stages.items()}
         mask, scores = judged[list(stages)[-1]]
     return Refinement(mask=mask, pixel_scores=scores, prompts=prompts,
@@ -151,12 +153,13 @@ def refine_cps(anomaly_map: np.ndarray, embedding: SamEmbedding, sam: SamModel,
 
 
 def judge_stage(anomaly_map: np.ndarray, logits: np.ndarray, prompts: list[PromptSet],
-                unprompted: np.ndarray | None, cfg: RefinerConfig) -> tuple[np.ndarray, np.ndarray]:
+                unprompted: np.ndarray | None, cfg: RefinerConfig, min_defect_px: int = 0
+                ) -> tuple[np.ndarray, np.ndarray]:
     """A stage's mask and pixel scores: the fused rule, with the regions left unprompted and
-    those SAM outlined (almost) nothing in judged by the map alone."""
+    those SAM outlined less than a defect of judged as if SAM had confirmed them."""
     scores = fuse_scores(anomaly_map, logits, cfg.fuse_weight)
-    missed = regions_sam_missed(scores > MASK_LEVEL, prompts, cfg.min_region_px)
-    return keep_map_regions(anomaly_map, scores, either(unprompted, missed))
+    missed = regions_sam_missed(scores > MASK_LEVEL, prompts, max(cfg.min_region_px, min_defect_px))
+    return keep_map_regions(anomaly_map, scores, either(unprompted, missed), cfg.fuse_weight)
 
 
 def unprompted_regions(anomaly_map: np.ndarray, prompts: list[PromptSet], cfg: RefinerConfig) -> np.ndarray | None:

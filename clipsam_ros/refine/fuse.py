@@ -3,8 +3,8 @@
     score = w · S_a + (1 − w) · σ(L),   w = `refiner.fuse_weight`
 
 σ(L) is 0 where no region was prompted; the mask is score > MASK_LEVEL (base.py).
-A prompted region the fused mask keeps fewer than `refiner.min_region_px` pixels of (SAM outlined
-nothing there, or a speck) is judged by the map alone (`keep_map_regions`), in every refiner
+A prompted region the fused mask keeps fewer pixels of than a defect needs (SAM outlined nothing
+there, or a speck) is judged as if SAM had confirmed it (`keep_map_regions`), in every refiner
 that prompts SAM.
 """
 from __future__ import annotations
@@ -36,22 +36,24 @@ def fuse_probabilities(anomaly_map: np.ndarray, sam_prob: np.ndarray, weight: fl
 
 def regions_sam_missed(mask: np.ndarray, prompts: list[PromptSet], min_px: int) -> np.ndarray | None:
     """The prompted regions that the fused `mask` keeps fewer than `min_px` pixels of (SAM outlined
-    nothing there, or a speck), or None."""
+    nothing there, or less than a defect), or None."""
     missed = [p.region for p in prompts if int((mask & p.region).sum()) < min_px]
     return np.logical_or.reduce(missed) if missed else None
 
 
-def keep_map_regions(anomaly_map: np.ndarray, scores: np.ndarray, regions: np.ndarray | None
+def keep_map_regions(anomaly_map: np.ndarray, scores: np.ndarray, regions: np.ndarray | None, weight: float
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """The mask (score > MASK_LEVEL) and scores of a frame, with `regions` judged by the map alone,
-    as `refiner.method: none` would: in the mask, scored at least S_a. For regions the decoder never
-    saw (beyond `max_regions`) and regions it found nothing in: the fused rule alone would drop them
-    (below fuse_weight 0.5 it needs some of SAM's confidence even where S_a = 1), and SAM finding
-    nothing must not pass a part the map failed."""
+    """The mask (score > MASK_LEVEL) and scores of a frame, with `regions` judged as if SAM had
+    confirmed them: in the mask, and scored at least w · S_a + (1 − w), what SAM's certainty
+    (σ(L) = 1) would give. For regions the decoder never saw (beyond `max_regions`) and regions it
+    found (almost) nothing in: the fused rule alone would drop them (below fuse_weight 0.5 it needs
+    some of SAM's confidence even where S_a = 1), and SAM finding nothing must not pass a part that
+    SAM outlining the defect would fail."""
     mask = scores > MASK_LEVEL
     if regions is None:
         return mask, scores
-    return mask | regions, np.where(regions, np.maximum(scores, anomaly_map), scores).astype(np.float32)
+    confirmed = fuse_probabilities(anomaly_map, np.ones_like(anomaly_map), weight)
+    return mask | regions, np.where(regions, np.maximum(scores, confirmed), scores).astype(np.float32)
 
 
 def threshold_only(anomaly_map: np.ndarray, cfg: RefinerConfig) -> Refinement:
@@ -60,7 +62,7 @@ def threshold_only(anomaly_map: np.ndarray, cfg: RefinerConfig) -> Refinement:
 
 
 def refine_none(anomaly_map: np.ndarray, embedding: SamEmbedding, sam: SamModel, cfg: RefinerConfig,
-                watch: Stopwatch, unclipped: np.ndarray | None = None) -> Refinement:
+                watch: Stopwatch, unclipped: np.ndarray | None = None, min_defect_px: int = 0) -> Refinement:
     """`refiner.method: none` as a refiner: no prompt, no decoder pass."""
     with watch.stage("fuse"):
         return threshold_only(anomaly_map, cfg)

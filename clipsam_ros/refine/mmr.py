@@ -28,8 +28,8 @@ merged with weights, then with the CLIP map. Our reading, step by step:
    the merged one are kept in `Refinement.stage_masks` for inspection.
 
 No region above θ: no decoder pass, an empty mask, score = w·S_a. A region the fused mask
-keeps fewer than `min_region_px` pixels of (SAM outlined nothing there, or a speck) is
-judged by the map alone, as in CPS (`fuse.keep_map_regions`).
+keeps fewer pixels of than a defect needs (SAM outlined nothing there, or a speck) is
+judged as if SAM had confirmed it, as in CPS (`fuse.keep_map_regions`).
 """
 from __future__ import annotations
 
@@ -93,7 +93,8 @@ def merge_levels(logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 def refine_mmr(anomaly_map: np.ndarray, embedding: SamEmbedding, sam: SamModel,
-               cfg: RefinerConfig, watch: Stopwatch | None = None, unclipped: np.ndarray | None = None) -> Refinement:
+               cfg: RefinerConfig, watch: Stopwatch | None = None, unclipped: np.ndarray | None = None,
+               min_defect_px: int = 0) -> Refinement:
     """ClipSAM's MMR on one frame; every region in one multimask decoder pass (see module docstring)."""
     watch = watch or Stopwatch()
     with watch.stage("mmr_prompts"):
@@ -115,8 +116,8 @@ def refine_mmr(anomaly_map: np.ndarray, embedding: SamEmbedding, sam: SamModel,
     with watch.stage("fuse"):
         merged = per_region.max(dim=0).values.cpu().numpy()
         fused = fuse_probabilities(anomaly_map, merged, cfg.fuse_weight)
-        mask, scores = keep_map_regions(anomaly_map, fused,
-                                        regions_sam_missed(fused > MASK_LEVEL, prompts, cfg.min_region_px))
+        missed = regions_sam_missed(fused > MASK_LEVEL, prompts, max(cfg.min_region_px, min_defect_px))
+        mask, scores = keep_map_regions(anomaly_map, fused, missed, cfg.fuse_weight)
         stage_masks = {name: (levels[:, k] > 0.5).any(dim=0).cpu().numpy() for k, name in enumerate(LEVELS)}
         stage_masks["merged"] = merged > 0.5
     return Refinement(mask=mask, pixel_scores=scores, prompts=prompts, stage_masks=stage_masks, boxes=boxes)
