@@ -187,8 +187,9 @@ class SamConfig:
 
 @dataclass
 class WeightsConfig:
-    cache_dir: str = key("", "download and export cache; empty = $CLIPSAM_ROS_CACHE, else "
-                             "$XDG_CACHE_HOME/clipsam_ros, else ~/.cache/clipsam_ros", reload=True)
+    cache_dir: str = key("", "SAM downloads and exports (and CLIP tags, when set); empty = $CLIPSAM_ROS_CACHE, "
+                             "else $XDG_CACHE_HOME/clipsam_ros, else ~/.cache/clipsam_ros (CLIP tags: open_clip's "
+                             "own cache)", reload=True)
 
 
 @dataclass

@@ -142,6 +142,12 @@ def test_a_saved_bank_made_from_other_references_or_coreset_is_refused(inspector
         build_localizer(cfg, lite_sam, torch.device("cpu"), progress=False)
     (more / f"extra{first.suffix}").unlink()                         # the same images again: reused
     assert build_localizer(cfg, lite_sam, torch.device("cpu"), progress=False).bank.references
+    recaptured = more / first.name                                   # same name, same size, other pixels
+    data = bytearray(recaptured.read_bytes())
+    data[-100] ^= 0xFF
+    recaptured.write_bytes(bytes(data))
+    with pytest.raises(BankError, match="built from other images"):
+        build_localizer(cfg, lite_sam, torch.device("cpu"), progress=False)
     cfg.localizer.reference_dir = str(tmp_path / "gone")
     assert build_localizer(cfg, lite_sam, torch.device("cpu"), progress=False).bank.normal_distance > 0
 

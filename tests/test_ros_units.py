@@ -64,6 +64,21 @@ def test_all_queue_refuses_what_does_not_fit_and_keeps_order():
     assert q.offer(big).refused and big.msg.header == "h" and not hasattr(big.msg, "data")
 
 
+def test_frames_only_to_be_answered_do_not_wait_for_other_cameras():
+    """A refused frame needs no batch partner: the batch window (here 60 s) is not waited for it,
+    or an overloaded node would spend its time waiting on the answers it owes."""
+    q = FrameQueue("all", size=1, cameras=2)
+    q.offer(frame(1, camera=0))
+    assert q.offer(frame(2, camera=0)).refused
+    assert [f.seq for f in q.get_batch(0.0, timeout=0)] == [1]
+    got = []
+    consumer = threading.Thread(target=lambda: got.append(q.get_batch(60.0)))
+    consumer.start()
+    consumer.join(30)
+    assert not consumer.is_alive() and [(f.seq, bool(f.refused)) for f in got[0]] == [(2, True)]
+    q.close()
+
+
 def test_closing_wakes_the_consumer_and_returns_what_waited():
     q = FrameQueue("all", size=4)
     got = []

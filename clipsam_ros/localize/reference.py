@@ -391,10 +391,19 @@ def layers_id(backbone: BackboneModel | None) -> str:
     return "sam" if backbone is None else f"{','.join(map(str, backbone.layers))}@{backbone.size}"
 
 
-def references_id(paths: Sequence[Path]) -> str:
-    """Names and sizes of the reference images, hashed: what a saved bank was built from."""
-    listing = "\n".join(f"{p.name}\t{p.stat().st_size}" for p in sorted(paths))
-    return hashlib.sha256(listing.encode()).hexdigest()[:16]
+def references_id(paths: Sequence[Path], sample: int = 1 << 16) -> str:
+    """The reference images' names, sizes and first and last 64 KiB, hashed: what a saved bank was
+    built from (uncompressed images re-captured under the same names keep their sizes)."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        size = path.stat().st_size
+        digest.update(f"{path.name}\t{size}\n".encode())
+        with open(path, "rb") as f:
+            digest.update(f.read(sample))
+            if size > sample:
+                f.seek(max(size - sample, sample))
+                digest.update(f.read())
+    return digest.hexdigest()[:16]
 
 
 def list_images(folder: str | Path) -> list[Path]:

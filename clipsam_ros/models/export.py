@@ -121,15 +121,15 @@ def ensure_export(spec: ExportSpec, export_dir: str = "", cache_dir: str = "") -
                               f"with this config, or clear runtime.export_dir to export into the cache")
         return folder / spec.relative_path
     folder = cache_folder(spec, cache_dir)
+    with contextlib.suppress(OSError):   # the manifest's mtime is the folder's last use: touched first,
+        os.utime(folder / MANIFEST)       # so another process's pruning leaves it alone while it loads
     problem = check_export(folder, spec)
     if problem:
         if folder.exists():
             log.warning("%s: %s; exporting it again", folder, problem)
         write_export([spec], folder)
-        prune_cache(folder, spec.network)
-    else:
-        with contextlib.suppress(OSError):   # the manifest's mtime is the folder's last use
-            os.utime(folder / MANIFEST)
+        with contextlib.suppress(OSError):   # another process pruning at the same time
+            prune_cache(folder, spec.network)
     return folder / spec.relative_path
 
 
@@ -141,10 +141,12 @@ def prune_cache(current: Path, network: str, keep: int = KEEP_PER_NETWORK, now: 
     now = time.time() if now is None else now
 
     def last_used(folder: Path) -> float:
-        try:
-            return (folder / MANIFEST).stat().st_mtime
-        except OSError:
-            return folder.stat().st_mtime if folder.exists() else 0.0
+        for path in (folder / MANIFEST, folder):
+            try:
+                return path.stat().st_mtime
+            except OSError:
+                continue
+        return 0.0
     siblings = [p for p in current.parent.glob(f"{network}-*")
                 if p.is_dir() and p != current and _KEY.fullmatch(p.name[len(network) + 1:])]
     leftovers = [p for p in current.parent.glob(f".{network}-*.part-*") if p.is_dir()]

@@ -91,7 +91,9 @@ class FrameQueue:
             if not self._wait_any(timeout):
                 return None
             deadline = time.monotonic() + window_s
-            while not all(self._lines) and not self._closed:
+            # frames only to be answered (refused) need no batch partner: never wait for one
+            while not all(self._lines) and not self._closed and not all(line[0].refused for line in self._lines
+                                                                        if line):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break

@@ -216,7 +216,9 @@ class InspectorNode(LifecycleNode):
                                                       image_subscription_qos(inp))
         # the thread starts once nothing else can fail, so a failed activate leaves none running
         self._closed = False
-        self._worker = threading.Thread(target=self._work, name="clipsam_inference", daemon=True)
+        # bound to this activation's queue: a worker left hung by a past one never takes its frames
+        self._worker = threading.Thread(target=self._work, args=(self.queue,), name="clipsam_inference",
+                                        daemon=True)
         self._worker.start()
         self.stats.listening(time.monotonic())
         self._active = True
@@ -401,10 +403,10 @@ class InspectorNode(LifecycleNode):
 
     # ------------------------------------------------------------ inference thread
 
-    def _work(self) -> None:
+    def _work(self, queue: FrameQueue) -> None:
         window_s = self.cfg.input.batch_window_ms / 1000.0 if len(self.cameras) > 1 else 0.0
         while True:
-            frames = self.queue.get_batch(window_s)
+            frames = queue.get_batch(window_s)
             if frames is None:
                 return
             try:
