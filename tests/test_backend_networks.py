@@ -137,7 +137,8 @@ def test_a_torch_built_bank_on_every_backend_gives_the_same_masks_verdicts_and_c
 
     _skip_unless_available(backend)
     bank, want = backbone_reference
-    inspector = Inspector.from_config(_cfg(offline_cfg, cache, backend, **{"localizer.bank": str(bank)}),
+    inspector = Inspector.from_config(_cfg(offline_cfg, cache, backend, **{"localizer.bank": str(bank),
+                                                                          "localizer.coreset_ratio": 0.25}),
                                       progress=False)
     assert inspector.backbone.encoder_net.name == inspector.sam.decoder_net.name == backend
     got = [inspector.inspect(image) for image in images]
