@@ -53,7 +53,7 @@ def test_all_queue_refuses_what_does_not_fit_and_keeps_order():
     q = FrameQueue("all", size=2)
     offers = [q.offer(frame(i)) for i in (1, 2, 3)]
     assert [o.accepted for o in offers] == [True, True, False] and offers[2].refused
-    assert q.offer(frame(4)).dropped is None
+    assert q.offer(frame(4)).dropped is None and len(q) == 2      # what waits for inference
     assert [q.get_batch(0.0, timeout=0)[0].seq for _ in range(2)] == [1, 2]
     assert q.offer(frame(5)).accepted               # room again: 3 and 4 were refused, 5 waits
     got = [q.get_batch(0.0, timeout=0)[0] for _ in range(3)]

@@ -128,5 +128,7 @@ class FrameQueue:
         return self._closed
 
     def __len__(self) -> int:
+        """Frames waiting for inference (what `capacity` bounds); refused ones, which wait only
+        for their answer and hold a header, are not counted."""
         with self._cond:
-            return sum(len(line) for line in self._lines)
+            return sum(not f.refused for line in self._lines for f in line)
