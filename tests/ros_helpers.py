@@ -104,6 +104,26 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str = "condi
         time.sleep(0.02)
 
 
+def call_service(ros, srv_type, name: str, request, timeout: float = 10.0, attempts: int = 3):
+    """One service call from the test node. A reply can be lost while the server's reply writer
+    has not yet matched this new client (DDS discovery runs both ways, and wait_for_service sees
+    only one), so a request that may be repeated (a query, setting a value) is asked again when
+    unanswered; pass attempts=1 for one that may not (a lifecycle transition)."""
+    client = ros.tester.create_client(srv_type, name)
+    try:
+        assert client.wait_for_service(timeout_sec=timeout), name
+        for attempt in range(attempts):
+            future = client.call_async(request)
+            try:
+                wait_until(future.done, timeout, name)
+                return future.result()
+            except AssertionError:
+                if attempt == attempts - 1:
+                    raise
+    finally:
+        ros.tester.destroy_client(client)
+
+
 def ros_fixture(domain_id: int):
     """The module-scoped `ros` fixture of a test module: one RosHarness in `domain_id`."""
     import pytest

@@ -29,6 +29,7 @@ from ros_helpers import (  # noqa: E402
     FRAME_SIZE,
     RosHarness,
     build_offline_inspector,
+    call_service,
     header,
     image,
     inference_deadline,
@@ -225,16 +226,8 @@ def test_every_config_key_is_a_parameter_with_a_descriptor(line):
 
 def set_parameters(ros, node_fqn: str, values: dict) -> list:
     """What `ros2 param set` does: the node's set_parameters service."""
-    client = ros.tester.create_client(SetParameters, f"{node_fqn}/set_parameters")
-    try:
-        assert client.wait_for_service(timeout_sec=10)
-        request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg()
-                                                    for k, v in values.items()])
-        future = client.call_async(request)
-        wait_until(future.done, 10, "set_parameters")
-        return future.result().results
-    finally:
-        ros.tester.destroy_client(client)
+    request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+    return call_service(ros, SetParameters, f"{node_fqn}/set_parameters", request).results
 
 
 def test_live_parameter_change_takes_effect_and_bad_values_are_refused(ros, line, two_frames):
